@@ -1,0 +1,1 @@
+"""Prefect flows and the `gdl` command line: thin wiring of tasks."""

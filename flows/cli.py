@@ -1,0 +1,154 @@
+"""The `gdl` command line: list techniques, run their Prefect flows, run one DVC stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from models.files import GdlError
+from models.params import PROFILES, STEPS
+
+
+def _environment(root: Path) -> None:
+    """Quiet, offline, per-checkout defaults; set before TensorFlow or Prefect is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(root / ".prefect" / "storage"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def cmd_list(args) -> None:
+    from models.registry import techniques
+
+    for name, t in techniques().items():
+        print(f"{name}\t{', '.join(t.dataset_names)}\t{t.summary}")
+
+
+def cmd_run(args) -> None:
+    from flows.config import check_all, overrides_from_cli, resolve_params
+    from tasks.steps import project_root
+
+    overrides = overrides_from_cli(args.set or [])
+    # Reject bad input before any work (and before a Prefect server is started).
+    if args.technique == "all":
+        check_all(args.profile, overrides)
+    else:
+        resolve_params(args.technique, args.profile, overrides)
+    from flows.pipeline import nightly_flow, technique_flow
+
+    root = project_root()
+    profile = args.profile or _profile_default()
+    if args.technique == "all":
+        results = nightly_flow(profile, overrides)
+        for name, result in results.items():
+            print(f"{name}: {_shown(root / result['report'])}")
+        print(_shown(root / "data" / "runs"))
+    else:
+        result = technique_flow(args.technique, profile, overrides)
+        print(f"report: {_shown(root / result['report'])}")
+        print(f"published: {result['published']}")
+        print(_shown(root / result["run_dir"]))
+
+
+def _profile_default() -> str:
+    from flows.config import params_path
+    from models.params import active_profile, read_params_file
+
+    return active_profile(read_params_file(params_path()), None)
+
+
+def cmd_stage(args) -> None:
+    import importlib
+
+    from flows.config import resolve_params
+    from tasks.steps import dvc_upstream
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    params = resolve_params(args.technique, None, None)
+    module = importlib.import_module(f"tasks.{args.step}")
+    result = module.run(args.technique, params, dvc_upstream(args.technique, args.step), dvc=True)
+    print(result.get("run_dir") or result["dir"])
+
+
+def cmd_params(args) -> None:
+    from flows.config import params_path, render_params
+
+    text = render_params()
+    if args.write:
+        params_path().write_text(text)
+        print(f"wrote {params_path()}")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_dvc_yaml(args) -> None:
+    from flows.dvcfile import render
+    from tasks.steps import project_root
+
+    text = render(project_root())
+    if args.write:
+        (project_root() / "dvc.yaml").write_text(text)
+        print(f"wrote {project_root() / 'dvc.yaml'}")
+    else:
+        sys.stdout.write(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gdl", description="Generative deep-learning pipelines (Prefect flows, DVC stages)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="techniques and their datasets, name first").set_defaults(fn=cmd_list)
+    run = sub.add_parser("run", help="run a technique's Prefect flow ('all': the nightly flow)")
+    run.add_argument("technique", help="technique name, or 'all'")
+    run.add_argument("--profile", choices=PROFILES, help="parameter profile (default: params.yaml)")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. --set text_lstm.epochs=3 (repeatable)",
+    )
+    run.set_defaults(fn=cmd_run)
+    stage = sub.add_parser("stage", help="run one step into its DVC slot (what dvc.yaml calls)")
+    stage.add_argument("technique")
+    stage.add_argument("step", choices=STEPS)
+    stage.set_defaults(fn=cmd_stage)
+    params = sub.add_parser("params", help="print (or --write) params.yaml from the models")
+    params.add_argument("--write", action="store_true")
+    params.set_defaults(fn=cmd_params)
+    dvc = sub.add_parser("dvc-yaml", help="print (or --write) dvc.yaml from the registry")
+    dvc.add_argument("--write", action="store_true")
+    dvc.set_defaults(fn=cmd_dvc_yaml)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tasks.steps import project_root
+
+    _environment(project_root())
+    try:
+        args.fn(args)
+    except GdlError as exc:
+        print(f"gdl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gdl: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Resolve a technique's parameters: params.yaml profile, then `--set` overrides, validated."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from models.files import GdlError
+from models.params import (
+    active_profile,
+    parse_overrides,
+    profile_values,
+    read_params_file,
+    render_params_yaml,
+    validate,
+)
+from models.registry import get, techniques
+from tasks.steps import project_root
+
+PARAMS_FILE = "params.yaml"
+
+
+def params_path(root: Path | None = None) -> Path:
+    return (root or project_root()) / PARAMS_FILE
+
+
+def overrides_from_cli(items: Iterable[str]) -> dict[str, Any]:
+    """`--set` items as a flat {"technique.param": value} mapping, keys checked."""
+    nested = parse_overrides(items)
+    registry = techniques()
+    for section in nested:
+        if section not in registry:
+            raise GdlError(
+                f"unknown parameter section {section!r} in --set; techniques: {', '.join(sorted(registry))}"
+            )
+    return {f"{s}.{k}": v for s, kv in nested.items() for k, v in kv.items()}
+
+
+def resolve_params(
+    technique: str, profile: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The validated params of `technique` as a JSON-able dict; raises GdlError naming the
+    parameter and what is allowed."""
+    t = get(technique)
+    data = read_params_file(params_path())
+    chosen = active_profile(data, profile)
+    values = profile_values(data, chosen, technique, t.params_model)
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.partition(".")
+        if section == technique:
+            values[name] = value
+    return validate(technique, t.params_model, values).model_dump(mode="json")
+
+
+def check_all(profile: str | None, overrides: Mapping[str, Any]) -> None:
+    """Validate every technique's params up front (before `gdl run all` does any work)."""
+    for name in techniques():
+        resolve_params(name, profile, overrides)
+
+
+def render_params() -> str:
+    return render_params_yaml({name: (t.params_model, t.demo_overrides) for name, t in techniques().items()})

@@ -1,0 +1,154 @@
+"""File plumbing shared by every step: digests, atomic writes, directory manifests, locks, retries."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+CHUNK = 1 << 20
+# Names we accept for files and keys that come from outside (run ids, sample names, S3 keys).
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class GdlError(Exception):
+    """An error the user can act on; the CLI prints its message as one line."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_json(obj: Any) -> str:
+    """Stable digest of a JSON-able object (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """Return `name` if it is a plain file name (no separators, no '..'), else raise."""
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise GdlError(f"unsafe {what} {name!r}: use letters, digits, '.', '_' and '-' only")
+    return name
+
+
+def safe_relpath(rel: str, what: str = "path") -> str:
+    """Validate a '/'-separated relative path whose every part is a safe name."""
+    parts = rel.split("/")
+    if not parts or any(p in ("", ".", "..") for p in parts):
+        raise GdlError(f"unsafe {what} {rel!r}")
+    for part in parts:
+        safe_name(part, what)
+    return rel
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory and rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def dir_manifest(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Every file under `root` (relative, '/'-separated) with its size and sha256."""
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in exclude or path.name.startswith(".") or path.name == ".gitignore":
+            continue
+        files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return files
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished directory into place, replacing whatever was at `dst`."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+@contextlib.contextmanager
+def staging_dir(final: Path) -> Iterator[Path]:
+    """A fresh sibling temp dir for building `final`; removed if the block fails."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on `path` (created if needed); blocks until held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def retry(
+    fn: Callable[[], T],
+    *,
+    attempts: int,
+    backoff: float,
+    retry_on: tuple[type[BaseException], ...],
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
+) -> T:
+    """Call `fn` up to `attempts` times, sleeping backoff, 2*backoff, ... between failures."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except retry_on as exc:
+            if attempt == attempts:
+                raise
+            delay = backoff * 2 ** (attempt - 1)
+            if on_retry:
+                on_retry(attempt, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,1 @@
+"""Prefect tasks, one module per step kind; caching, retries and artifacts live here."""

@@ -1,0 +1,70 @@
+"""Prefect glue shared by the task modules: the cache key, logging and artifacts outside a run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from prefect.context import TaskRunContext
+
+from tasks.steps import Manifest, execute, expected_output, is_complete, project_root, step_key
+
+# Task-level retries of the network steps, on top of the retries inside fetch/upload.
+TASK_RETRIES = int(os.environ.get("GDL_TASK_RETRIES", 1))
+
+
+def step_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
+    """Cache on (technique, step, params of this and earlier steps, upstream digests, code)."""
+    return step_key(parameters["technique"], context.task.name, parameters["params"], parameters["upstream"])
+
+
+def in_run() -> bool:
+    from prefect.context import FlowRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def logger():
+    """Prefect's run logger inside a run; the `gdl` logger when called by `gdl stage`."""
+    if in_run():
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    return logging.getLogger("gdl")
+
+
+def call(
+    task,
+    technique: str,
+    params: Mapping[str, Any],
+    upstream: Mapping[str, Manifest] | None = None,
+    **kwargs: Any,
+) -> Manifest:
+    """Call a step task; if the bytes a cached result points at are gone, recompute them."""
+    upstream = dict(upstream or {})
+    if task.name == "publish":
+        complete = (project_root() / upstream["sample"]["dir"]).parent.joinpath("manifest.json").exists()
+    else:
+        key, out = expected_output(technique, task.name, params, upstream)
+        complete = is_complete(out, key)
+    if not complete:
+        task = task.with_options(refresh_cache=True)
+    return task(technique=technique, params=dict(params), upstream=upstream, **kwargs)
+
+
+def runner(step: str, body):
+    """`run(technique, params, upstream, dvc=False, **kw)` for one step: what the task and
+    `gdl stage` both call."""
+
+    def run(
+        technique: str,
+        params: Mapping[str, Any],
+        upstream: Mapping[str, Manifest],
+        dvc: bool = False,
+        **kwargs: Any,
+    ) -> Manifest:
+        return execute(technique, step, params, upstream, body, dvc=dvc, log=logger().info, **kwargs)
+
+    return run

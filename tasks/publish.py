@@ -1,0 +1,278 @@
+"""The publish step: assemble the run directory, then copy it to a local folder or an S3 bucket.
+
+Run directory (`data/runs/<technique>/<run_id>/`): params.json, metrics.json, history.csv,
+samples/, the technique's plots, report.html (self-contained) and manifest.json (every file
+with size and sha256), written last. Publishing uploads every file under
+`<prefix>/<technique>/<run_id>/`, then `<prefix>/<technique>/latest.json`, so a reader who
+follows `latest.json` never sees a half-published run.
+
+Configuration, from the environment:
+  GDL_S3_BUCKET          publish to this bucket (unset: publish to a local folder)
+  GDL_S3_PREFIX          key prefix in the bucket (default: gdl)
+  GDL_S3_ENDPOINT_URL    S3-compatible endpoint (also read: AWS_ENDPOINT_URL_S3)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, ...: the usual boto3 variables
+  GDL_PUBLISH_DIR        local folder (default: data/published)
+  GDL_PUBLISH_ATTEMPTS, GDL_PUBLISH_BACKOFF: retries of a failed upload (default 4, 1 s doubling)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import mimetypes
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from models.datasets import s3_client
+from models.files import (
+    GdlError,
+    dir_manifest,
+    retry,
+    safe_name,
+    safe_relpath,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from models.registry import get
+from models.report import render_html
+from tasks._prefect import TASK_RETRIES, in_run, logger
+from tasks.steps import MARKER, Manifest, data_dir, project_root
+
+MANIFEST = "manifest.json"
+LATEST = "latest.json"
+
+
+class PublishError(GdlError):
+    """Publishing failed after retries; the local run directory is intact."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directory
+
+
+def _history_csv(history: Mapping[str, list[float]]) -> bytes:
+    buf = io.StringIO()
+    keys = list(history)
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", *keys])
+    for i in range(max((len(v) for v in history.values()), default=0)):
+        writer.writerow([i + 1, *(history[k][i] if i < len(history[k]) else "" for k in keys)])
+    return buf.getvalue().encode()
+
+
+def assemble(
+    technique: str, params: Mapping[str, Any], upstream: Mapping[str, Manifest], run: Path
+) -> dict[str, Any]:
+    """Write the run directory's files next to its samples/; manifest.json last."""
+    root = project_root()
+    t = get(technique)
+    p = t.params_model(**params)
+    report = t.report(p, {name: root / m["dir"] for name, m in upstream.items()})
+    run_id = safe_name(run.name, "run id")
+    write_json_atomic(run / "params.json", {"technique": technique, "params": p.model_dump(mode="json")})
+    write_json_atomic(run / "metrics.json", report.metrics)
+    write_bytes_atomic(run / "history.csv", _history_csv(report.history))
+    for _caption, name, png in report.images:
+        write_bytes_atomic(run / safe_name(name, "image name"), png)
+    write_bytes_atomic(run / "report.html", render_html(report).encode())
+    files = dir_manifest(run, exclude=(MANIFEST,))
+    manifest = {
+        "technique": technique,
+        "run_id": run_id,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": files,
+    }
+    write_json_atomic(run / MANIFEST, manifest)
+    return {"manifest": manifest, "report": report}
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where runs are published: an S3 bucket + prefix, or a local folder."""
+
+    bucket: str | None
+    prefix: str
+    local_dir: Path
+
+    @classmethod
+    def from_env(cls) -> Target:
+        prefix = os.environ.get("GDL_S3_PREFIX", "gdl").strip("/")
+        if prefix:
+            safe_relpath(prefix, "S3 prefix")
+        local = Path(os.environ.get("GDL_PUBLISH_DIR") or data_dir() / "published")
+        return cls(os.environ.get("GDL_S3_BUCKET") or None, prefix, local)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.bucket else str(self.local_dir)
+
+    def identity(self) -> dict[str, Any]:
+        endpoint = os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        return {"target": self.describe(), "endpoint": endpoint if self.bucket else None}
+
+
+def _content_type(name: str) -> str:
+    kind, _ = mimetypes.guess_type(name)
+    if name.endswith((".txt", ".csv", ".html", ".json")):
+        kind = (kind or "text/plain") + "; charset=utf-8"
+    return kind or "application/octet-stream"
+
+
+def _latest(technique: str, run_id: str, manifest: Mapping[str, Any]) -> bytes:
+    return json.dumps(
+        {
+            "technique": technique,
+            "run_id": run_id,
+            "created_at": manifest["created_at"],
+            "report": f"{run_id}/report.html",
+            "manifest": f"{run_id}/{MANIFEST}",
+        },
+        indent=2,
+    ).encode()
+
+
+def publish_local(target: Target, technique: str, run: Path, manifest: Mapping[str, Any]) -> str:
+    dest = target.local_dir / technique / manifest["run_id"]
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run, tmp, ignore=shutil.ignore_patterns(MARKER, ".*"))
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    write_bytes_atomic(
+        target.local_dir / technique / LATEST, _latest(technique, manifest["run_id"], manifest)
+    )
+    return str(dest / "report.html")
+
+
+def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str, Any], log=print) -> str:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    attempts = int(os.environ.get("GDL_PUBLISH_ATTEMPTS", 4))
+    backoff = float(os.environ.get("GDL_PUBLISH_BACKOFF", 1.0))
+    client = s3_client(timeout=30, attempts=1)
+    base = "/".join(p for p in (target.prefix, technique, manifest["run_id"]) if p)
+    uploads = [(rel, run / rel) for rel in manifest["files"]] + [(MANIFEST, run / MANIFEST)]
+
+    def put(key: str, body: bytes, name: str) -> None:
+        def once() -> None:
+            client.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType=_content_type(name))
+
+        def note(n: int, exc: BaseException, delay: float) -> None:
+            log(f"upload of {key} failed (attempt {n}: {type(exc).__name__}); retry in {delay:.1f}s")
+
+        try:
+            retry(
+                once, attempts=attempts, backoff=backoff, retry_on=(BotoCoreError, ClientError), on_retry=note
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise PublishError(
+                f"publishing to {target.describe()} failed after {attempts} attempts "
+                f"({type(exc).__name__}: {exc}); the run directory {run} is intact and "
+                f"{technique}/{LATEST} was not changed"
+            ) from None
+
+    for rel, path in uploads:
+        put(f"{base}/{safe_relpath(rel, 'file name')}", path.read_bytes(), rel)
+    latest_key = "/".join(p for p in (target.prefix, technique, LATEST) if p)
+    put(latest_key, _latest(technique, manifest["run_id"], manifest), LATEST)
+    return f"s3://{target.bucket}/{base}/report.html"
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+
+
+def _artifacts(technique: str, run: Path, report, published: str) -> None:
+    """What the Prefect UI shows: a summary, a table per text sample, the plots inline."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from models.report import png_data_uri
+
+    slug = technique.replace("_", "-")
+    metrics = "\n".join(
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in report.metrics.items()
+    )
+    excerpts = "\n\n".join(
+        f"**{caption}**\n\n```\n{text[:400]}\n```" for caption, _prefix, text in report.texts
+    )
+    notes = "\n".join(f"> {n}" for n in report.notes)
+    create_markdown_artifact(
+        key=f"{slug}-summary",
+        markdown=f"# {report.title}\n\n{notes}\n\nRun directory: `{run}`  \nPublished: "
+        f"`{published}`\n\n| metric | value |\n|---|---|\n{metrics}\n\n{excerpts}\n",
+        description=f"{technique} run summary",
+    )
+    for i, (caption, prefix, text) in enumerate(report.texts):
+        rows = [{"line": 0, "text": f"[seed] {prefix}"}] + [
+            {"line": n + 1, "text": line} for n, line in enumerate(text.splitlines())
+        ]
+        create_table_artifact(key=f"{slug}-sample-{i}", table=rows, description=caption)
+    for caption, name, png in report.images:
+        create_markdown_artifact(
+            key=f"{slug}-{Path(name).stem.replace('_', '-')}",
+            markdown=f"## {caption}\n\n![{caption}]({png_data_uri(png)})",
+            description=caption,
+        )
+
+
+def run(
+    technique: str, params: Mapping[str, Any], upstream: Mapping[str, Manifest], dvc: bool = False
+) -> dict[str, Any]:
+    """Assemble the run directory beside the samples, then publish it. Returns run dir and URL."""
+    root = project_root()
+    run_path = (root / upstream["sample"]["dir"]).parent
+    log = logger()
+    built = assemble(technique, params, upstream, run_path)
+    target = Target.from_env()
+    log.info(f"publishing {run_path.relative_to(root)} to {target.describe()}")
+    if target.bucket:
+        published = publish_s3(target, technique, run_path, built["manifest"], log=log.warning)
+    else:
+        published = publish_local(target, technique, run_path, built["manifest"])
+    if in_run():
+        _artifacts(technique, run_path, built["report"], published)
+    return {
+        "run_dir": run_path.relative_to(root).as_posix(),
+        "report": (run_path / "report.html").relative_to(root).as_posix(),
+        "published": published,
+        "metrics": built["report"].metrics,
+    }
+
+
+def _publish_key(context, parameters) -> str:
+    from models.files import digest_json
+    from tasks.steps import step_key
+
+    return digest_json(
+        {
+            "step": step_key(
+                parameters["technique"], "publish", parameters["params"], parameters["upstream"]
+            ),
+            "target": Target.from_env().identity(),
+        }
+    )
+
+
+# Network step: uploads retry with backoff inside; one more task-level retry for a worker hiccup.
+@task(
+    name="publish",
+    cache_key_fn=_publish_key,
+    persist_result=True,
+    result_serializer="json",
+    retries=TASK_RETRIES,
+    retry_delay_seconds=10,
+)
+def publish(technique: str, params: dict[str, Any], upstream: dict[str, Manifest]) -> dict:
+    return run(technique, params, upstream)
