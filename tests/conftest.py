@@ -1,0 +1,192 @@
+"""Shared fixtures: a scratch project root with tiny params, loopback HTTP and S3 servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Small enough to train in seconds on a CPU, big enough to run every code path.
+TINY = {
+    "source": "offline",
+    "max_chars": 4000,
+    "maxlen": 12,
+    "step": 3,
+    "validation_split": 0.1,
+    "lstm_units": 16,
+    "unroll": False,
+    "batch_size": 64,
+    "epochs": 2,
+    "sample_length": 40,
+}
+
+
+def write_params(root: Path, **text_lstm) -> Path:
+    """params.yaml for a scratch project: the repository's, with the demo profile made tiny."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["demo"]["text_lstm"].update({**TINY, **text_lstm})
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A scratch project root (GDL_ROOT) with tiny params and its own publish folder."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    write_params(root)
+    monkeypatch.setenv("GDL_ROOT", str(root))
+    for var in ("GDL_S3_BUCKET", "GDL_PUBLISH_DIR", "GDL_S3_PREFIX"):
+        monkeypatch.delenv(var, raising=False)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def cli_env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GDL_", "PREFECT_"))}
+    env.update(
+        GDL_ROOT=str(root),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PREFECT_HOME=str(root / ".prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    env.update(extra)
+    return env
+
+
+def gdl(root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600):
+    return subprocess.run(
+        [str(BIN / "gdl"), *args], cwd=root, env=env or cli_env(root), capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A real HTTP server on loopback serving download fixtures
+
+
+class Fixtures:
+    good = ("Thus spoke the loopback server. " * 40).encode()
+    changed = ("Thus spoke a different server! " * 40).encode()
+    slow_seconds = 3.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    hits: dict[str, int] = {}
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        _Handler.hits[self.path] = _Handler.hits.get(self.path, 0) + 1
+        body = Fixtures.good
+        if self.path == "/missing":
+            self.send_error(404, "Not Found")
+            return
+        if self.path == "/error":
+            self.send_error(503, "Service Unavailable")
+            return
+        if self.path == "/flaky" and _Handler.hits[self.path] == 1:
+            self.send_error(503, "Service Unavailable")
+            return
+        if self.path == "/changed":
+            body = Fixtures.changed
+        if self.path == "/binary":
+            body = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 10
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        if self.path == "/truncated":
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.path == "/slow":
+            time.sleep(Fixtures.slow_seconds)
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def http_server():
+    _Handler.hits = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Handler.hits
+    server.shutdown()
+    server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A real S3-compatible server (moto) on loopback
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/moto-api/", 60)
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """boto3 client on the loopback S3 server, with a fresh bucket; env set for gdl."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", s3_endpoint)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"gdl-test-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket

@@ -1,0 +1,36 @@
+"""The gdl command line: list, and one-line errors for bad input with nothing written."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import gdl
+
+from models.registry import techniques
+
+
+def test_list_prints_each_technique_name_first(project):
+    result = gdl(project, "list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == list(techniques())
+    assert "nietzsche" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "nope"], "unknown technique 'nope'"),
+        (["run", "text_lstm", "--set", "text_lstm.maxlen=0"], "text_lstm.maxlen"),
+        (["run", "text_lstm", "--set", "text_lstm.step=0"], "text_lstm.step"),
+        (["run", "text_lstm", "--set", "text_lstm.temperatures=[0]"], "temperature"),
+        (["run", "text_lstm", "--set", "text_lstm.bogus=1"], "unknown parameter 'text_lstm.bogus'"),
+        (["run", "all", "--set", "text_lstm.maxlen=-1"], "text_lstm.maxlen"),
+        (["stage", "nope", "train"], "unknown technique 'nope'"),
+    ],
+)
+def test_bad_input_fails_in_one_line_before_any_work(project, args, message):
+    result = gdl(project, *args)
+    assert result.returncode == 2
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gdl: error:") and message in err[0]
+    assert not (project / "data").exists()

@@ -1,0 +1,80 @@
+"""Parameters: validated before any work, addressable with --set, params.yaml/dvc.yaml in sync."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import REPO
+
+from flows.config import overrides_from_cli, render_params, resolve_params
+from flows.dvcfile import render as render_dvc
+from models.files import GdlError
+from models.registry import techniques
+
+
+def test_params_yaml_matches_the_parameter_models():
+    assert (REPO / "params.yaml").read_text() == render_params(), "run `gdl params --write`"
+
+
+def test_dvc_yaml_matches_the_registry():
+    assert (REPO / "dvc.yaml").read_text() == render_dvc(REPO), "run `gdl dvc-yaml --write`"
+
+
+def test_every_technique_has_both_profiles_fully_spelled_out():
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert data["profile"] == "demo"
+    for name, t in techniques().items():
+        for profile in ("demo", "full"):
+            assert set(data[profile][name]) == set(t.params_model.model_fields)
+
+
+def test_full_profile_keeps_the_books_values(project):
+    p = resolve_params("text_lstm", "full")
+    assert (p["maxlen"], p["step"], p["batch_size"], p["epochs"]) == (60, 3, 128, 60)
+    assert p["learning_rate"] == 0.01 and p["lstm_units"] == 128
+    assert p["temperatures"] == [0.2, 0.5, 1.0, 1.2] and p["sample_length"] == 400
+    assert p["source"] == "remote"
+
+
+def test_set_overrides_a_parameter_with_a_typed_value(project):
+    overrides = overrides_from_cli(["text_lstm.epochs=3", "text_lstm.temperatures=[0.5, 1.5]"])
+    p = resolve_params("text_lstm", None, overrides)
+    assert p["epochs"] == 3 and p["temperatures"] == [0.5, 1.5]
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("text_lstm.maxlen=0", "text_lstm.maxlen: Input should be greater than or equal to 1"),
+        ("text_lstm.step=-2", "text_lstm.step: Input should be greater than or equal to 1"),
+        ("text_lstm.temperatures=[0.5, 0]", "every temperature must be a finite number > 0"),
+        ("text_lstm.temperatures=[-1]", "every temperature must be a finite number > 0"),
+        ("text_lstm.epochs=many", "text_lstm.epochs: Input should be a valid integer"),
+        ("text_lstm.epoch=3", "unknown parameter 'text_lstm.epoch'"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_parameter(project, setting, expected):
+    with pytest.raises(GdlError) as err:
+        resolve_params("text_lstm", None, overrides_from_cli([setting]))
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_section_and_malformed_set_are_rejected(project):
+    with pytest.raises(GdlError, match="unknown parameter section 'txt_lstm'"):
+        overrides_from_cli(["txt_lstm.epochs=3"])
+    with pytest.raises(GdlError, match="expected TECHNIQUE.PARAM=VALUE"):
+        overrides_from_cli(["epochs=3"])
+
+
+def test_unknown_technique_lists_the_valid_ones(project):
+    with pytest.raises(GdlError, match="unknown technique 'vae2'; available: .*text_lstm"):
+        resolve_params("vae2")
+
+
+def test_a_step_depends_on_its_own_and_earlier_parameters_only():
+    model = techniques()["text_lstm"].params_model
+    assert "temperatures" in model.fields_for_step("sample")
+    assert "temperatures" not in model.fields_for_step("train")
+    assert {"maxlen", "step", "seed"} <= set(model.fields_for_step("train"))
+    assert set(model.fields_for_step("download")) == {"dataset", "source"}
