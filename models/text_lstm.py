@@ -144,7 +144,7 @@ def vectorize(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
     meta = {
         "characters": len(ids),
         "vocabulary": len(vocab),
-        "sequences": len(train) + len(val),
+        "sequences": len(range(0, len(ids) - p.maxlen, p.step)),  # the book's count
         "train_sequences": len(train),
         "val_sequences": len(val),
         "maxlen": p.maxlen,

@@ -190,3 +190,75 @@ def s3(s3_endpoint, monkeypatch):
     bucket = f"gdl-test-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
     return client, bucket
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline's four steps, run in-process into flow slots (no Prefect)
+
+
+def run_steps(**overrides) -> dict:
+    """download -> vectorize -> train -> sample for text_lstm in GDL_ROOT; upstream manifests."""
+    from flows.config import resolve_params
+    from tasks import download, sample, train, vectorize
+
+    params = resolve_params("text_lstm", None, {f"text_lstm.{k}": v for k, v in overrides.items()})
+    raw = download.run("text_lstm", params, {})
+    processed = vectorize.run("text_lstm", params, {"download": raw})
+    model = train.run("text_lstm", params, {"vectorize": processed})
+    samples = sample.run("text_lstm", params, {"vectorize": processed, "train": model})
+    return {"params": params,
+            "upstream": {"vectorize": processed, "train": model, "sample": samples}}
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """Forwards to the S3 server until `budget` requests have passed, then answers 503."""
+
+    target = ""
+    budget = 0
+    seen = 0
+
+    def log_message(self, *args):
+        pass
+
+    def _forward(self):
+        import http.client
+        import urllib.parse
+
+        _Proxy.seen += 1
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if _Proxy.seen > _Proxy.budget:
+            self.send_error(503, "Service Unavailable")
+            return
+        url = urllib.parse.urlparse(_Proxy.target)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        headers["Host"] = url.netloc
+        conn.request(self.command, self.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+@pytest.fixture
+def failing_s3_proxy(s3_endpoint):
+    """A loopback endpoint that lets `budget` S3 requests through, then fails every one."""
+    _Proxy.target, _Proxy.seen = s3_endpoint, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def set_budget(n: int) -> str:
+        _Proxy.budget, _Proxy.seen = n, 0
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield set_budget
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,120 @@
+"""Publishing: the run directory, a local folder, and a real S3-compatible server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from conftest import free_port, run_steps
+
+from models.files import GdlError, safe_relpath
+from tasks import publish
+
+
+@pytest.fixture
+def steps(project):
+    return run_steps()
+
+
+def test_run_directory_holds_report_samples_and_a_true_manifest(project, steps):
+    result = publish.run("text_lstm", steps["params"], steps["upstream"])
+    run = project / result["run_dir"]
+    assert run.parent == project / "data" / "runs" / "text_lstm"
+    for name in ("params.json", "metrics.json", "report.html", "manifest.json", "history.csv"):
+        assert (run / name).is_file(), name
+    samples = sorted(p.name for p in (run / "samples").glob("*.txt"))
+    assert samples == sorted(f"temperature_{t}.txt" for t in ("0.2", "0.5", "1", "1.2"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "samples/temperature_0.2.txt" in manifest["files"]
+    for rel, entry in manifest["files"].items():
+        data = (run / rel).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    html = (run / "report.html").read_text()
+    assert html.count("Temperature ") == 4 and "data:image/png;base64," in html
+    assert "src='http" not in html  # self-contained
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["val_bits_per_char"] > 0
+    assert json.loads((run / "params.json").read_text())["params"]["maxlen"] == 12
+
+
+def test_local_publish_copies_the_run_and_writes_latest(project, steps):
+    result = publish.run("text_lstm", steps["params"], steps["upstream"])
+    run_id = result["run_dir"].rsplit("/", 1)[-1]
+    published = project / "data" / "published" / "text_lstm"
+    latest = json.loads((published / "latest.json").read_text())
+    assert latest["run_id"] == run_id
+    assert (published / latest["report"]).read_bytes() == (project / result["report"]).read_bytes()
+
+
+def test_s3_publish_uploads_every_file_with_content_types_then_latest(
+    project, steps, s3, monkeypatch
+):
+    client, bucket = s3
+    monkeypatch.setenv("GDL_S3_BUCKET", bucket)
+    monkeypatch.setenv("GDL_S3_PREFIX", "nightly")
+    result = publish.run("text_lstm", steps["params"], steps["upstream"])
+    run_id = result["run_dir"].rsplit("/", 1)[-1]
+    assert result["published"] == f"s3://{bucket}/nightly/text_lstm/{run_id}/report.html"
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    manifest = json.loads((project / result["run_dir"] / "manifest.json").read_text())
+    expected = {f"nightly/text_lstm/{run_id}/{rel}" for rel in [*manifest["files"], "manifest.json"]}
+    assert keys == expected | {"nightly/text_lstm/latest.json"}
+    head = client.head_object(Bucket=bucket, Key=f"nightly/text_lstm/{run_id}/report.html")
+    assert head["ContentType"] == "text/html; charset=utf-8"
+    png = client.head_object(Bucket=bucket, Key=f"nightly/text_lstm/{run_id}/loss_curve.png")
+    assert png["ContentType"] == "image/png"
+    latest = json.loads(client.get_object(Bucket=bucket, Key="nightly/text_lstm/latest.json")
+                        ["Body"].read())
+    assert latest["run_id"] == run_id
+
+
+def test_s3_down_fails_clearly_after_retries_and_keeps_local_results(project, steps, monkeypatch):
+    monkeypatch.setenv("GDL_S3_BUCKET", "anything")
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "secret-id-should-not-leak")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-key-should-not-leak")
+    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "3")
+    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "0.05")
+    with pytest.raises(publish.PublishError) as err:
+        publish.run("text_lstm", steps["params"], steps["upstream"])
+    message = str(err.value)
+    assert "failed after 3 attempts" in message and "is intact" in message
+    assert "should-not-leak" not in message
+    run = project / steps["upstream"]["sample"]["dir"] / ".."
+    manifest = json.loads((run / "manifest.json").read_text())
+    for rel, entry in manifest["files"].items():
+        assert hashlib.sha256((run / rel).read_bytes()).hexdigest() == entry["sha256"]
+
+
+def test_outage_mid_publish_never_moves_latest_to_a_partial_run(
+    project, steps, s3, failing_s3_proxy, monkeypatch
+):
+    client, bucket = s3
+    monkeypatch.setenv("GDL_S3_BUCKET", bucket)
+    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "2")
+    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "0.05")
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(100))
+    first = publish.run("text_lstm", steps["params"], steps["upstream"])
+    first_id = first["run_dir"].rsplit("/", 1)[-1]
+
+    changed = run_steps(temperatures=[0.7])
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(3))  # dies after 3 uploads
+    with pytest.raises(publish.PublishError):
+        publish.run("text_lstm", changed["params"], changed["upstream"])
+    latest = json.loads(client.get_object(Bucket=bucket, Key="gdl/text_lstm/latest.json")
+                        ["Body"].read())
+    assert latest["run_id"] == first_id
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd", "/abs", "a//b", "a/./b", "a/../../b", "x\\y"])
+def test_hostile_keys_and_names_are_refused(bad):
+    with pytest.raises(GdlError):
+        safe_relpath(bad)
+
+
+def test_hostile_s3_prefix_is_refused(project, steps, monkeypatch):
+    monkeypatch.setenv("GDL_S3_BUCKET", "b")
+    monkeypatch.setenv("GDL_S3_PREFIX", "../../escape")
+    with pytest.raises(GdlError, match="unsafe S3 prefix"):
+        publish.run("text_lstm", steps["params"], steps["upstream"])
