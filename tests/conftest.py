@@ -262,3 +262,34 @@ def failing_s3_proxy(s3_endpoint):
     yield set_budget
     server.shutdown()
     server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A real Prefect server (SQLite) on loopback, one per test session
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_API_PORT=str(port),
+    )
+    log = open(home / "server.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_for(api + "/health", 180)
+        yield api
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+        log.close()

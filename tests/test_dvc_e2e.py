@@ -1,0 +1,113 @@
+"""`dvc repro` end to end with the real dvc CLI in a scratch git repository."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from conftest import REPO, cli_env, gdl, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(repo, *cmd, env=None, check=True):
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode:
+        raise AssertionError(f"{cmd} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture
+def dvc_repo(tmp_path):
+    """A git repository holding the project's pipeline files and code, with tiny params."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("models", "tasks", "flows"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    write_params(repo)
+    env = cli_env(repo)
+    env.pop("GDL_ROOT")  # dvc runs `gdl stage` in the repository, as a user's shell would
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        _sh(repo, *cmd, env=env)
+    return repo, env
+
+
+def _ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def test_repro_runs_once_then_only_what_a_param_change_touches(dvc_repo, prefect_api):
+    repo, env = dvc_repo
+    first = _sh(repo, "dvc", "repro", env=env)
+    assert _ran(first.stdout) == [f"text_lstm-{s}" for s in
+                                  ("download", "vectorize", "train", "sample", "publish")]
+    run = repo / "data" / "runs" / "text_lstm" / "dvc"
+    assert (run / "report.html").is_file() and (run / "samples" / "temperature_0.2.txt").is_file()
+
+    second = _sh(repo, "dvc", "repro", env=env)
+    assert _ran(second.stdout) == []
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["demo"]["text_lstm"]["temperatures"] = [0.4, 1.1]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _sh(repo, "dvc", "repro", env=env)
+    assert _ran(third.stdout) == ["text_lstm-sample", "text_lstm-publish"]
+    assert sorted(p.name for p in (run / "samples").glob("*.txt")) == [
+        "temperature_0.4.txt", "temperature_1.1.txt"]
+
+    metrics = _sh(repo, "dvc", "metrics", "show", "--json", env=env)
+    assert "val_bits_per_char" in metrics.stdout
+    plots = _sh(repo, "dvc", "plots", "show", "-o", str(repo / "plots_out"), env=env)
+    assert (repo / "plots_out" / "index.html").is_file(), plots.stdout
+
+    # The Prefect flow, same params: same processed data, and DVC's view is left intact.
+    flow = gdl(repo, "run", "text_lstm", env={**env, "GDL_ROOT": str(repo),
+                                              "PREFECT_API_URL": prefect_api})
+    assert flow.returncode == 0, flow.stderr[-3000:]
+    flow_corpus = [p for p in (repo / "data/processed/text_lstm").glob("*/corpus.npy")
+                   if p.parent.name != "dvc"]
+    dvc_corpus = repo / "data/processed/text_lstm/dvc/corpus.npy"
+    assert len(flow_corpus) == 1
+    assert (hashlib.sha256(flow_corpus[0].read_bytes()).digest()
+            == hashlib.sha256(dvc_corpus.read_bytes()).digest())
+    status = _sh(repo, "dvc", "status", env=env)
+    assert "up to date" in status.stdout
+
+
+def test_killed_training_resumes_and_ends_with_the_same_epoch_count(dvc_repo):
+    repo, env = dvc_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["demo"]["text_lstm"]["epochs"] = 25
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for step in ("download", "vectorize"):
+        assert gdl(repo, "stage", "text_lstm", step, env=env).returncode == 0
+    state = repo / "data" / "checkpoints" / "text_lstm" / "dvc" / "state.json"
+    proc = subprocess.Popen([str(env["PATH"].split(os.pathsep)[0] + "/gdl"), "stage",
+                             "text_lstm", "train"], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before_kill = yaml.safe_load(state.read_text())["epoch"]
+    assert 1 <= done_before_kill < 25
+
+    resumed = gdl(repo, "stage", "text_lstm", "train", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    match = re.search(r"resuming from epoch (\d+) of 25", resumed.stderr)
+    assert match and int(match.group(1)) >= done_before_kill
+    final = yaml.safe_load((state.parent / "metrics.json").read_text())["final"]
+    assert final["epochs"] == 25 and final["resumed_from_epoch"] == int(match.group(1))
