@@ -90,8 +90,12 @@ def cli_env(root: Path, **extra: str) -> dict[str, str]:
 
 def gdl(root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600):
     return subprocess.run(
-        [str(BIN / "gdl"), *args], cwd=root, env=env or cli_env(root), capture_output=True,
-        text=True, timeout=timeout,
+        [str(BIN / "gdl"), *args],
+        cwd=root,
+        env=env or cli_env(root),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -163,7 +167,8 @@ def s3_endpoint():
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -206,8 +211,7 @@ def run_steps(**overrides) -> dict:
     processed = vectorize.run("text_lstm", params, {"download": raw})
     model = train.run("text_lstm", params, {"vectorize": processed})
     samples = sample.run("text_lstm", params, {"vectorize": processed, "train": model})
-    return {"params": params,
-            "upstream": {"vectorize": processed, "train": model, "sample": samples}}
+    return {"params": params, "upstream": {"vectorize": processed, "train": model, "sample": samples}}
 
 
 class _Proxy(BaseHTTPRequestHandler):
@@ -282,7 +286,9 @@ def prefect_api(tmp_path_factory):
     log = open(home / "server.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     api = f"http://127.0.0.1:{port}/api"
     try:

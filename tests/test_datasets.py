@@ -70,8 +70,14 @@ def test_404_fails_at_once_without_retrying(tmp_path, http_server, dataset):
 def test_slow_server_times_out_and_fails_after_retries(tmp_path, http_server, dataset):
     url, hits = http_server
     with pytest.raises(GdlError, match="failed after 2 attempts"):
-        fetch(dataset, f"{url}/slow", tmp_path / "d", tmp_path,
-              FetchPolicy(attempts=2, backoff=0.05, timeout=0.5), log=lambda m: None)
+        fetch(
+            dataset,
+            f"{url}/slow",
+            tmp_path / "d",
+            tmp_path,
+            FetchPolicy(attempts=2, backoff=0.05, timeout=0.5),
+            log=lambda m: None,
+        )
     assert hits["/slow"] == 2
     assert _landed(tmp_path / "d") == []
 

@@ -37,8 +37,11 @@ def dvc_repo(tmp_path):
     write_params(repo)
     env = cli_env(repo)
     env.pop("GDL_ROOT")  # dvc runs `gdl stage` in the repository, as a user's shell would
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
         _sh(repo, *cmd, env=env)
     return repo, env
 
@@ -50,8 +53,9 @@ def _ran(output: str) -> list[str]:
 def test_repro_runs_once_then_only_what_a_param_change_touches(dvc_repo, prefect_api):
     repo, env = dvc_repo
     first = _sh(repo, "dvc", "repro", env=env)
-    assert _ran(first.stdout) == [f"text_lstm-{s}" for s in
-                                  ("download", "vectorize", "train", "sample", "publish")]
+    assert _ran(first.stdout) == [
+        f"text_lstm-{s}" for s in ("download", "vectorize", "train", "sample", "publish")
+    ]
     run = repo / "data" / "runs" / "text_lstm" / "dvc"
     assert (run / "report.html").is_file() and (run / "samples" / "temperature_0.2.txt").is_file()
 
@@ -64,7 +68,9 @@ def test_repro_runs_once_then_only_what_a_param_change_touches(dvc_repo, prefect
     third = _sh(repo, "dvc", "repro", env=env)
     assert _ran(third.stdout) == ["text_lstm-sample", "text_lstm-publish"]
     assert sorted(p.name for p in (run / "samples").glob("*.txt")) == [
-        "temperature_0.4.txt", "temperature_1.1.txt"]
+        "temperature_0.4.txt",
+        "temperature_1.1.txt",
+    ]
 
     metrics = _sh(repo, "dvc", "metrics", "show", "--json", env=env)
     assert "val_bits_per_char" in metrics.stdout
@@ -72,15 +78,17 @@ def test_repro_runs_once_then_only_what_a_param_change_touches(dvc_repo, prefect
     assert (repo / "plots_out" / "index.html").is_file(), plots.stdout
 
     # The Prefect flow, same params: same processed data, and DVC's view is left intact.
-    flow = gdl(repo, "run", "text_lstm", env={**env, "GDL_ROOT": str(repo),
-                                              "PREFECT_API_URL": prefect_api})
+    flow = gdl(repo, "run", "text_lstm", env={**env, "GDL_ROOT": str(repo), "PREFECT_API_URL": prefect_api})
     assert flow.returncode == 0, flow.stderr[-3000:]
-    flow_corpus = [p for p in (repo / "data/processed/text_lstm").glob("*/corpus.npy")
-                   if p.parent.name != "dvc"]
+    flow_corpus = [
+        p for p in (repo / "data/processed/text_lstm").glob("*/corpus.npy") if p.parent.name != "dvc"
+    ]
     dvc_corpus = repo / "data/processed/text_lstm/dvc/corpus.npy"
     assert len(flow_corpus) == 1
-    assert (hashlib.sha256(flow_corpus[0].read_bytes()).digest()
-            == hashlib.sha256(dvc_corpus.read_bytes()).digest())
+    assert (
+        hashlib.sha256(flow_corpus[0].read_bytes()).digest()
+        == hashlib.sha256(dvc_corpus.read_bytes()).digest()
+    )
     status = _sh(repo, "dvc", "status", env=env)
     assert "up to date" in status.stdout
 
@@ -93,10 +101,14 @@ def test_killed_training_resumes_and_ends_with_the_same_epoch_count(dvc_repo):
     for step in ("download", "vectorize"):
         assert gdl(repo, "stage", "text_lstm", step, env=env).returncode == 0
     state = repo / "data" / "checkpoints" / "text_lstm" / "dvc" / "state.json"
-    proc = subprocess.Popen([str(env["PATH"].split(os.pathsep)[0] + "/gdl"), "stage",
-                             "text_lstm", "train"], cwd=repo, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(env["PATH"].split(os.pathsep)[0] + "/gdl"), "stage", "text_lstm", "train"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

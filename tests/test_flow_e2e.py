@@ -21,16 +21,16 @@ def _cached(stderr: str) -> set[str]:
 
 def _artifact_keys(api: str) -> set[str]:
     req = urllib.request.Request(
-        api + "/artifacts/filter", data=json.dumps({"limit": 200}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        api + "/artifacts/filter",
+        data=json.dumps({"limit": 200}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return {a["key"] for a in json.load(resp) if a.get("key")}
 
 
-def test_second_run_hits_cache_and_changing_temperatures_reruns_only_sample_and_publish(
-    project, prefect_api
-):
+def test_second_run_hits_cache_and_changing_temperatures_reruns_only_sample_and_publish(project, prefect_api):
     env = cli_env(project, PREFECT_API_URL=prefect_api)
     first = gdl(project, "run", "text_lstm", env=env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -50,11 +50,18 @@ def test_second_run_hits_cache_and_changing_temperatures_reruns_only_sample_and_
     new_dir = third.stdout.strip().splitlines()[-1]
     assert new_dir != run_dir
     assert sorted(p.name for p in (project / new_dir / "samples").glob("*.txt")) == [
-        "temperature_0.3.txt", "temperature_0.9.txt"]
+        "temperature_0.3.txt",
+        "temperature_0.9.txt",
+    ]
 
     keys = _artifact_keys(prefect_api)
-    assert {"text-lstm-summary", "text-lstm-loss-curve", "text-lstm-training",
-            "text-lstm-sample-0", "text-lstm-sample-1"} <= keys
+    assert {
+        "text-lstm-summary",
+        "text-lstm-loss-curve",
+        "text-lstm-training",
+        "text-lstm-sample-0",
+        "text-lstm-sample-1",
+    } <= keys
 
     nightly = gdl(project, "run", "all", env=env)
     assert nightly.returncode == 0, nightly.stderr[-3000:]
@@ -92,8 +99,11 @@ def test_bad_corpus_fails_with_one_line_and_leaves_nothing_half_written(
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("gdl: error:") and message in last
-    leftovers = [p for p in (project / "data").rglob("*") if p.is_file()
-                 and p.suffix not in (".gdl-lock",) and not p.name.endswith(".gdl-lock")]
+    leftovers = [
+        p
+        for p in (project / "data").rglob("*")
+        if p.is_file() and p.suffix not in (".gdl-lock",) and not p.name.endswith(".gdl-lock")
+    ]
     # A corpus that decodes but is too short is a complete, valid download; nothing else stays.
     allowed = {"corpus.txt", ".step.json"} if message.startswith("needs") else set()
     assert {p.name for p in leftovers} <= allowed

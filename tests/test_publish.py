@@ -47,9 +47,7 @@ def test_local_publish_copies_the_run_and_writes_latest(project, steps):
     assert (published / latest["report"]).read_bytes() == (project / result["report"]).read_bytes()
 
 
-def test_s3_publish_uploads_every_file_with_content_types_then_latest(
-    project, steps, s3, monkeypatch
-):
+def test_s3_publish_uploads_every_file_with_content_types_then_latest(project, steps, s3, monkeypatch):
     client, bucket = s3
     monkeypatch.setenv("GDL_S3_BUCKET", bucket)
     monkeypatch.setenv("GDL_S3_PREFIX", "nightly")
@@ -64,8 +62,7 @@ def test_s3_publish_uploads_every_file_with_content_types_then_latest(
     assert head["ContentType"] == "text/html; charset=utf-8"
     png = client.head_object(Bucket=bucket, Key=f"nightly/text_lstm/{run_id}/loss_curve.png")
     assert png["ContentType"] == "image/png"
-    latest = json.loads(client.get_object(Bucket=bucket, Key="nightly/text_lstm/latest.json")
-                        ["Body"].read())
+    latest = json.loads(client.get_object(Bucket=bucket, Key="nightly/text_lstm/latest.json")["Body"].read())
     assert latest["run_id"] == run_id
 
 
@@ -102,8 +99,7 @@ def test_outage_mid_publish_never_moves_latest_to_a_partial_run(
     monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(3))  # dies after 3 uploads
     with pytest.raises(publish.PublishError):
         publish.run("text_lstm", changed["params"], changed["upstream"])
-    latest = json.loads(client.get_object(Bucket=bucket, Key="gdl/text_lstm/latest.json")
-                        ["Body"].read())
+    latest = json.loads(client.get_object(Bucket=bucket, Key="gdl/text_lstm/latest.json")["Body"].read())
     assert latest["run_id"] == first_id
 
 

@@ -157,7 +157,8 @@ def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
     ckpt.mkdir()
     t.train(params(epochs=1), StepContext({"vectorize": proc}, ckpt, log=lambda m: None))
     logs: list[str] = []
-    out = t.train(params(epochs=1, learning_rate=0.002), StepContext({"vectorize": proc}, ckpt,
-                                                                     log=logs.append))
+    out = t.train(
+        params(epochs=1, learning_rate=0.002), StepContext({"vectorize": proc}, ckpt, log=logs.append)
+    )
     assert out["resumed_from_epoch"] == 0
     assert any("starting over" in line for line in logs)

@@ -1,0 +1,36 @@
+"""The benchmark script runs and reports its ratios (numbers go in notes, never in assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_text_sampling_benchmark_prints_its_ratios_as_json():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "text_sampling.py"),
+            "--max-chars",
+            "20000",
+            "--book-chars",
+            "3",
+            "--length",
+            "20",
+            "--stateful-length",
+            "50",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("default_vs_book", "stateful_vs_book", "vectorize_memory_ratio"):
+        assert report[key] > 0
