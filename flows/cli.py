@@ -54,7 +54,7 @@ def cmd_run(args) -> None:
         results = nightly_flow(profile, overrides)
         for name, result in results.items():
             print(f"{name}: {_shown(root / result['report'])}")
-        print(_shown(root / "data" / "runs"))
+        print(_shown(root / next(iter(results.values()))["gallery"]))
     else:
         result = technique_flow(args.technique, profile, overrides)
         print(f"report: {_shown(root / result['report'])}")
@@ -105,6 +105,25 @@ def cmd_dvc_yaml(args) -> None:
         sys.stdout.write(text)
 
 
+def cmd_prefect_yaml(args) -> None:
+    from flows.deployments import render
+    from tasks.steps import project_root
+
+    text = render(args.cron, args.timezone)
+    if args.write:
+        (project_root() / "prefect.yaml").write_text(text)
+        print(f"wrote {project_root() / 'prefect.yaml'}")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_stack(args) -> None:
+    from flows.stack import up
+    from tasks.steps import project_root
+
+    sys.exit(up(project_root(), args.host, args.port, args.db, args.gpus, not args.no_deploy))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gdl", description="Generative deep-learning pipelines (Prefect flows, DVC stages)."
@@ -131,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     dvc = sub.add_parser("dvc-yaml", help="print (or --write) dvc.yaml from the registry")
     dvc.add_argument("--write", action="store_true")
     dvc.set_defaults(fn=cmd_dvc_yaml)
+    deploy = sub.add_parser("prefect-yaml", help="print (or --write) prefect.yaml from the registry")
+    deploy.add_argument("--write", action="store_true")
+    deploy.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default 02:00)")
+    deploy.add_argument("--timezone", default="UTC", help="time zone of the schedule")
+    deploy.set_defaults(fn=cmd_prefect_yaml)
+    stack = sub.add_parser("stack", help="the local stack: Prefect server, pools, deployments, workers")
+    stack.add_argument("action", choices=["up"])
+    stack.add_argument("--host", default="127.0.0.1")
+    stack.add_argument("--port", type=int, default=4200)
+    stack.add_argument("--db", help="database URL (default: SQLite in .prefect/)")
+    stack.add_argument("--gpus", type=int, help="concurrent runs of the gpu pool (default: GPUs)")
+    stack.add_argument("--no-deploy", action="store_true", help="skip `prefect deploy --all`")
+    stack.set_defaults(fn=cmd_stack)
     return parser
 
 

@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.config import resolve_params
 from models.registry import techniques
-from tasks._prefect import call
+from tasks._prefect import call, report_failure
 from tasks.download import download
 from tasks.publish import publish
 from tasks.sample import sample
@@ -21,12 +21,17 @@ def technique_flow(
     technique: str, profile: str = "demo", overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """download -> vectorize -> train -> sample -> publish, each step cached across runs."""
-    params = resolve_params(technique, profile, overrides)
-    raw = call(download, technique, params)
-    processed = call(vectorize, technique, params, {"download": raw})
-    model = call(train, technique, params, {"vectorize": processed})
-    samples = call(sample, technique, params, {"vectorize": processed, "train": model})
-    return call(publish, technique, params, {"vectorize": processed, "train": model, "sample": samples})
+    try:
+        params = resolve_params(technique, profile, overrides)
+        raw = call(download, technique, params)
+        processed = call(vectorize, technique, params, {"download": raw})
+        model = call(train, technique, params, {"vectorize": processed})
+        samples = call(sample, technique, params, {"vectorize": processed, "train": model})
+        upstream = {"vectorize": processed, "train": model, "sample": samples}
+        return call(publish, technique, params, upstream)
+    except Exception as exc:
+        report_failure(technique, exc)  # the UI shows why, not just "Failed"
+        raise
 
 
 @flow(name="nightly", flow_run_name="nightly-{profile}", log_prints=True)

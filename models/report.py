@@ -21,22 +21,23 @@ class Report:
     texts: list[tuple[str, str, str]] = field(default_factory=list)  # (caption, prefix, text)
 
 
-def curves_png(history: Mapping[str, Sequence[float]], keys: Sequence[str], ylabel: str) -> bytes:
-    """A line plot of `history[key]` per epoch for each key present; PNG bytes."""
+def line_png(
+    series: Mapping[str, Sequence[float]], xlabel: str, ylabel: str, size: tuple[float, float] = (6, 3.5)
+) -> bytes:
+    """One line per series, x = 1..n; PNG bytes (no timestamp metadata, so reproducible)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for key in keys:
-        if key in history:
-            values = history[key]
-            ax.plot(range(1, len(values) + 1), values, marker="o", label=key)
-    ax.set_xlabel("epoch")
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    for label, values in series.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if len(series) > 1:
+        ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
@@ -44,11 +45,16 @@ def curves_png(history: Mapping[str, Sequence[float]], keys: Sequence[str], ylab
     return buf.getvalue()
 
 
+def curves_png(history: Mapping[str, Sequence[float]], keys: Sequence[str], ylabel: str) -> bytes:
+    """Per-epoch curves of the `keys` present in `history`."""
+    return line_png({k: history[k] for k in keys if k in history}, "epoch", ylabel)
+
+
 def png_data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
 h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem}
 table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}
@@ -62,14 +68,12 @@ def render_html(report: Report) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(report.title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{esc(report.title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{esc(report.title)}</h1>",
     ]
     parts += [f"<p class='note'>{esc(note)}</p>" for note in report.notes]
     if report.metrics:
-        rows = "".join(
-            f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in report.metrics.items()
-        )
+        rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in report.metrics.items())
         parts.append(f"<h2>Metrics</h2><table>{rows}</table>")
     for caption, _name, png in report.images:
         uri = png_data_uri(png)
@@ -80,7 +84,7 @@ def render_html(report: Report) -> str:
     return "\n".join(parts)
 
 
-def _fmt(value: object) -> str:
+def fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

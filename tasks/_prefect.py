@@ -68,3 +68,14 @@ def runner(step: str, body):
         return execute(technique, step, params, upstream, body, dvc=dvc, log=logger().info, **kwargs)
 
     return run
+
+
+def report_failure(technique: str, exc: BaseException) -> None:
+    """An error-summary artifact for the UI: what failed and the one-line reason."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        key=f"{technique.replace('_', '-')}-error",
+        markdown=f"# {technique} failed\n\n**{type(exc).__name__}**: {exc}\n",
+        description=f"{technique}: error summary",
+    )

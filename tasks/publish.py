@@ -23,9 +23,9 @@ import json
 import mimetypes
 import os
 import shutil
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from models.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from models.gallery import GALLERY, collect_runs, render_gallery
 from models.registry import get
 from models.report import render_html
 from tasks._prefect import TASK_RETRIES, in_run, logger
@@ -87,7 +88,7 @@ def assemble(
     manifest = {
         "technique": technique,
         "run_id": run_id,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "files": files,
     }
     write_json_atomic(run / MANIFEST, manifest)
@@ -142,7 +143,9 @@ def _latest(technique: str, run_id: str, manifest: Mapping[str, Any]) -> bytes:
     ).encode()
 
 
-def publish_local(target: Target, technique: str, run: Path, manifest: Mapping[str, Any]) -> str:
+def publish_local(
+    target: Target, technique: str, run: Path, manifest: Mapping[str, Any], gallery: bytes
+) -> str:
     dest = target.local_dir / technique / manifest["run_id"]
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -153,10 +156,13 @@ def publish_local(target: Target, technique: str, run: Path, manifest: Mapping[s
     write_bytes_atomic(
         target.local_dir / technique / LATEST, _latest(technique, manifest["run_id"], manifest)
     )
+    write_bytes_atomic(target.local_dir / GALLERY, gallery)
     return str(dest / "report.html")
 
 
-def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str, Any], log=print) -> str:
+def publish_s3(
+    target: Target, technique: str, run: Path, manifest: Mapping[str, Any], gallery: bytes, log=print
+) -> str:
     from botocore.exceptions import BotoCoreError, ClientError
 
     attempts = int(os.environ.get("GDL_PUBLISH_ATTEMPTS", 4))
@@ -187,6 +193,7 @@ def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str,
         put(f"{base}/{safe_relpath(rel, 'file name')}", path.read_bytes(), rel)
     latest_key = "/".join(p for p in (target.prefix, technique, LATEST) if p)
     put(latest_key, _latest(technique, manifest["run_id"], manifest), LATEST)
+    put("/".join(p for p in (target.prefix, GALLERY) if p), gallery, GALLERY)
     return f"s3://{target.bucket}/{base}/report.html"
 
 
@@ -211,7 +218,8 @@ def _artifacts(technique: str, run: Path, report, published: str) -> None:
     create_markdown_artifact(
         key=f"{slug}-summary",
         markdown=f"# {report.title}\n\n{notes}\n\nRun directory: `{run}`  \nPublished: "
-        f"`{published}`\n\n| metric | value |\n|---|---|\n{metrics}\n\n{excerpts}\n",
+        f"`{published}`  \nGallery of all runs: `{run.parent.parent / GALLERY}`\n\n"
+        f"| metric | value |\n|---|---|\n{metrics}\n\n{excerpts}\n",
         description=f"{technique} run summary",
     )
     for i, (caption, prefix, text) in enumerate(report.texts):
@@ -235,15 +243,18 @@ def run(
     run_path = (root / upstream["sample"]["dir"]).parent
     log = logger()
     built = assemble(technique, params, upstream, run_path)
+    gallery = render_gallery(collect_runs(run_path.parent.parent)).encode()
+    write_bytes_atomic(run_path.parent.parent / GALLERY, gallery)
     target = Target.from_env()
     log.info(f"publishing {run_path.relative_to(root)} to {target.describe()}")
     if target.bucket:
-        published = publish_s3(target, technique, run_path, built["manifest"], log=log.warning)
+        published = publish_s3(target, technique, run_path, built["manifest"], gallery, log=log.warning)
     else:
-        published = publish_local(target, technique, run_path, built["manifest"])
+        published = publish_local(target, technique, run_path, built["manifest"], gallery)
     if in_run():
         _artifacts(technique, run_path, built["report"], published)
     return {
+        "gallery": (run_path.parent.parent / GALLERY).relative_to(root).as_posix(),
         "run_dir": run_path.relative_to(root).as_posix(),
         "report": (run_path / "report.html").relative_to(root).as_posix(),
         "published": published,

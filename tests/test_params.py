@@ -78,3 +78,15 @@ def test_a_step_depends_on_its_own_and_earlier_parameters_only():
     assert "temperatures" not in model.fields_for_step("train")
     assert {"maxlen", "step", "seed"} <= set(model.fields_for_step("train"))
     assert set(model.fields_for_step("download")) == {"dataset", "source"}
+
+
+def test_prefect_yaml_matches_the_registry():
+    from flows.deployments import render
+
+    assert (REPO / "prefect.yaml").read_text() == render(), "run `gdl prefect-yaml --write`"
+    doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = {d["name"]: d for d in doc["deployments"]}
+    for technique in techniques():
+        assert names[technique]["work_pool"]["name"] == "gpu"
+        assert names[f"{technique}-demo"]["parameters"]["profile"] == "demo"
+    assert names["nightly"]["schedules"][0]["cron"] and names["nightly"]["schedules"][0]["timezone"]

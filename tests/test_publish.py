@@ -57,7 +57,7 @@ def test_s3_publish_uploads_every_file_with_content_types_then_latest(project, s
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
     manifest = json.loads((project / result["run_dir"] / "manifest.json").read_text())
     expected = {f"nightly/text_lstm/{run_id}/{rel}" for rel in [*manifest["files"], "manifest.json"]}
-    assert keys == expected | {"nightly/text_lstm/latest.json"}
+    assert keys == expected | {"nightly/text_lstm/latest.json", "nightly/index.html"}
     head = client.head_object(Bucket=bucket, Key=f"nightly/text_lstm/{run_id}/report.html")
     assert head["ContentType"] == "text/html; charset=utf-8"
     png = client.head_object(Bucket=bucket, Key=f"nightly/text_lstm/{run_id}/loss_curve.png")
@@ -114,3 +114,20 @@ def test_hostile_s3_prefix_is_refused(project, steps, monkeypatch):
     monkeypatch.setenv("GDL_S3_PREFIX", "../../escape")
     with pytest.raises(GdlError, match="unsafe S3 prefix"):
         publish.run("text_lstm", steps["params"], steps["upstream"])
+
+
+def test_gallery_lists_every_run_with_the_latest_first_and_a_trend(project, steps):
+    first = publish.run("text_lstm", steps["params"], steps["upstream"])
+    changed = run_steps(temperatures=[0.9])
+    second = publish.run("text_lstm", changed["params"], changed["upstream"])
+    gallery = (project / second["gallery"]).read_text()
+    first_id, second_id = (r["run_dir"].rsplit("/", 1)[-1] for r in (first, second))
+    assert f"Latest: <a href='text_lstm/{second_id}/report.html'>" in gallery
+    assert gallery.index(second_id, gallery.index("<table>")) < gallery.index(
+        first_id, gallery.index("<table>")
+    )
+    assert "data:image/png;base64," in gallery  # metric trend across the two runs
+    published = project / "data" / "published" / "index.html"
+    assert published.read_text() == gallery
+    for link in (f"text_lstm/{first_id}/report.html", f"text_lstm/{second_id}/report.html"):
+        assert (published.parent / link).is_file()

@@ -1,0 +1,150 @@
+"""`gdl stack up`: the local stack — a Prefect server, the work pools, the deployments of
+prefect.yaml, and one process worker per pool — in the foreground until Ctrl-C, then a clean
+shutdown (workers first, then the server).
+
+SQLite under .prefect/ by default; `--db postgresql+asyncpg://user:pass@host/db` for a server
+that several workers hammer (SQLite reports "database is locked" under concurrency).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from flows.deployments import CPU_POOL, GPU_POOL
+from models.files import GdlError
+
+
+def _prefect() -> str:
+    exe = Path(sys.executable).parent / "prefect"
+    return str(exe) if exe.exists() else "prefect"
+
+
+def gpu_count() -> int:
+    """GPUs on this machine (nvidia-smi), at least 1 so the gpu pool always admits a run."""
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        if out.returncode == 0:
+            return max(1, sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")))
+    return 1
+
+
+def stack_env(root: Path, host: str, port: int, db_url: str | None) -> dict[str, str]:
+    api = f"http://{host}:{port}/api"
+    env = dict(os.environ)
+    env.update(
+        GDL_ROOT=str(root),
+        PREFECT_HOME=env.get("PREFECT_HOME", str(root / ".prefect")),
+        PREFECT_API_URL=api,
+        PREFECT_UI_API_URL=api,  # the UI calls the API here, whatever --port says
+        PREFECT_SERVER_API_HOST=host,
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    if db_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
+    return env
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise GdlError(f"the Prefect server exited with code {proc.returncode} (see its log)")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise GdlError(f"the Prefect server did not answer {url} within {timeout:.0f} s")
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def up(
+    root: Path,
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    db_url: str | None = None,
+    gpus: int | None = None,
+    deploy: bool = True,
+) -> int:
+    env = stack_env(root, host, port, db_url)
+    logs = Path(env["PREFECT_HOME"]) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    prefect = _prefect()
+    started: list[subprocess.Popen] = []
+
+    def spawn(name: str, *args: str) -> subprocess.Popen:
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        proc = subprocess.Popen(
+            [prefect, *args], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        started.append(proc)
+        return proc
+
+    def run(*args: str) -> None:
+        result = subprocess.run([prefect, *args], cwd=root, env=env, capture_output=True, text=True)
+        if result.returncode:
+            raise GdlError(f"`prefect {' '.join(args)}` failed: {result.stdout[-500:]}{result.stderr[-500:]}")
+
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server = spawn("server", "server", "start", "--host", host, "--port", str(port))
+        _wait_healthy(env["PREFECT_API_URL"] + "/health", server, timeout=180)
+        print(f"Prefect server: http://{host}:{port} (log: {logs / 'server.log'})", flush=True)
+        for pool in (CPU_POOL, GPU_POOL):
+            run("work-pool", "create", pool, "--type", "process", "--overwrite")
+        limit = gpus or gpu_count()
+        run("work-pool", "set-concurrency-limit", GPU_POOL, str(limit))
+        print(f"work pools: {CPU_POOL}, {GPU_POOL} (one run per GPU: limit {limit})", flush=True)
+        if deploy:
+            run("--no-prompt", "deploy", "--all")
+            print("deployed every deployment of prefect.yaml", flush=True)
+        workers = [
+            spawn(f"worker-{pool}", "worker", "start", "--pool", pool) for pool in (CPU_POOL, GPU_POOL)
+        ]
+        print(f"workers: {CPU_POOL}, {GPU_POOL} (logs in {logs}); Ctrl-C stops the stack", flush=True)
+        print("stack ready", flush=True)
+        while not stopping:
+            dead = [p for p in [server, *workers] if p.poll() is not None]
+            if dead:
+                print(
+                    f"a stack process exited (code {dead[0].returncode}); stopping",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("stopping workers and server", flush=True)
+        _stop([p for p in started[1:]])  # workers first, so their runs are reported
+        _stop(started[:1])
+        print("stack stopped", flush=True)
