@@ -1,0 +1,220 @@
+"""The local stack end to end: `gdl stack up`, deployments run on workers, triggered through the
+REST API as the UI's Run button does and by clicking in the UI in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import BIN, REPO, cli_env, free_port, write_params
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def _api(api: str, path: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        api + path, data=data, method="POST" if data else "GET", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def _deployment(api: str, flow: str, name: str) -> dict:
+    return _api(api, f"/deployments/name/{flow}/{name}")
+
+
+def _wait_final(api: str, run_id: str, timeout: float = 420) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = _api(api, f"/flow_runs/{run_id}")
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} still {run['state']['type']} after {timeout} s")
+
+
+def _artifacts(api: str, run_id: str) -> dict[str, dict]:
+    found = _api(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 100})
+    return {a["key"]: a for a in found if a.get("key")}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """`gdl stack up` in a scratch copy of the project, with tiny params; stopped at the end."""
+    repo = tmp_path_factory.mktemp("stack") / "repo"
+    repo.mkdir()
+    for name in ("models", "tasks", "flows"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "prefect.yaml", repo / "prefect.yaml")
+    write_params(repo)
+    port = free_port()
+    env = cli_env(repo, PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2")
+    proc = subprocess.Popen(
+        [str(BIN / "gdl"), "stack", "up", "--port", str(port)],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "stack ready" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(240):
+        proc.kill()
+        raise AssertionError("stack did not come up:\n" + "".join(lines))
+    yield {
+        "repo": repo,
+        "api": f"http://127.0.0.1:{port}/api",
+        "ui": f"http://127.0.0.1:{port}",
+        "proc": proc,
+        "lines": lines,
+    }
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(90) == 0, "".join(lines)
+    assert "stack stopped" in "".join(lines)
+
+
+def test_a_run_triggered_like_the_ui_completes_on_a_worker_with_artifacts(stack):
+    api = stack["api"]
+    deployment = _deployment(api, "technique", "text_lstm-demo")
+    assert deployment["work_pool_name"] == "cpu"
+    nightly = _deployment(api, "nightly", "nightly")
+    assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert _api(api, "/work_pools/gpu")["concurrency_limit"] >= 1
+
+    run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {})  # the Run button
+    final = _wait_final(api, run["id"])
+    assert final["state"]["type"] == "COMPLETED", final["state"]
+    keys = _artifacts(api, run["id"])
+    assert {"text-lstm-summary", "text-lstm-training", "text-lstm-loss-curve"} <= set(keys)
+    assert "Gallery of all runs" in keys["text-lstm-summary"]["data"]
+    runs = stack["repo"] / "data" / "runs"
+    assert list(runs.glob("text_lstm/*/report.html")) and (runs / "index.html").is_file()
+
+
+def test_a_failed_run_ends_failed_with_an_error_summary(stack):
+    api = stack["api"]
+    deployment = _deployment(api, "technique", "text_lstm-demo")
+    params = {
+        "technique": "text_lstm",
+        "profile": "demo",
+        "overrides": {"text_lstm.source": "/no/such/corpus.txt"},
+    }
+    run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": params})
+    final = _wait_final(api, run["id"])
+    assert final["state"]["type"] == "FAILED"
+    error = _artifacts(api, run["id"])["text-lstm-error"]["data"]
+    assert "/no/such/corpus.txt does not exist" in error
+
+
+def test_two_concurrent_runs_of_one_technique_do_not_clobber_each_other(stack):
+    api = stack["api"]
+    deployment = _deployment(api, "technique", "text_lstm-demo")
+    runs = [
+        _api(
+            api,
+            f"/deployments/{deployment['id']}/create_flow_run",
+            {
+                "parameters": {
+                    "technique": "text_lstm",
+                    "profile": "demo",
+                    "overrides": {"text_lstm.temperatures": temps, "text_lstm.epochs": 3},
+                }
+            },
+        )
+        for temps in ([0.25], [0.75])
+    ]
+    finals = [_wait_final(api, r["id"]) for r in runs]
+    assert [f["state"]["type"] for f in finals] == ["COMPLETED", "COMPLETED"]
+    repo = stack["repo"]
+    for temperature in ("0.25", "0.75"):
+        [sample] = list(
+            (repo / "data" / "runs" / "text_lstm").glob(f"*/samples/temperature_{temperature}.txt")
+        )
+        manifest = json.loads((sample.parent.parent / "manifest.json").read_text())
+        assert f"samples/temperature_{temperature}.txt" in manifest["files"]
+    # Both runs trained the same model once, into one checkpoint slot, which is complete.
+    [state] = [
+        p
+        for p in (repo / "data/checkpoints/text_lstm").glob("*/state.json")
+        if json.loads(p.read_text())["epoch"] == 3
+    ]
+    assert (state.parent / "model.keras").is_file()
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+)
+def test_clicking_run_in_the_ui_starts_a_run_that_completes(stack):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = stack["api"]
+    deployment = _deployment(api, "technique", "text_lstm-demo")
+    before = {r["id"] for r in _api(api, "/flow_runs/filter", {"limit": 200})}
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(stack["ui"] + "/deployments")
+        wait.until(ec.element_to_be_clickable((By.XPATH, "//a[normalize-space()='text_lstm-demo']"))).click()
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button.run-menu__run-button"))).click()
+        items = wait.until(ec.visibility_of_any_elements_located((By.CSS_SELECTOR, ".p-overflow-menu-item")))
+        next(i for i in items if i.text.strip() == "Quick run").click()
+        # The flow has a required parameter, so the UI confirms it in a dialog: press its Run.
+        confirm = wait.until(
+            ec.element_to_be_clickable(
+                (By.XPATH, "//div[contains(@class,'p-modal')]//button[normalize-space()='Run']")
+            )
+        )
+        confirm.click()
+        deadline = time.monotonic() + 30
+        new: list[dict] = []
+        while not new and time.monotonic() < deadline:
+            new = [
+                r
+                for r in _api(api, "/flow_runs/filter", {"limit": 200})
+                if r["id"] not in before and r["deployment_id"] == deployment["id"]
+            ]
+            time.sleep(0.5)
+    finally:
+        driver.quit()
+    assert len(new) == 1, "clicking Run created no flow run"
+    assert _wait_final(api, new[0]["id"])["state"]["type"] == "COMPLETED"
