@@ -117,6 +117,25 @@ def cmd_prefect_yaml(args) -> None:
         sys.stdout.write(text)
 
 
+def cmd_dvc_remote(args) -> None:
+    """Point DVC at an S3 remote, machine-locally (.dvc/config.local: endpoints stay out of git)."""
+    import subprocess
+
+    url = args.url or os.environ.get("GDL_DVC_REMOTE")
+    if not url or not url.startswith("s3://"):
+        raise GdlError("give --url s3://bucket/prefix (or set GDL_DVC_REMOTE) for the DVC remote")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    commands = [[dvc, "remote", "add", "--local", "--force", "--default", "gdl", url]]
+    endpoint = os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    if endpoint:
+        commands.append([dvc, "remote", "modify", "--local", "gdl", "endpointurl", endpoint])
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            raise GdlError(f"{' '.join(command[1:])} failed: {result.stderr.strip()}")
+    print(f"DVC remote 'gdl' (default) -> {url}" + (f" via {endpoint}" if endpoint else ""))
+
+
 def cmd_stack(args) -> None:
     from flows.stack import up
     from tasks.steps import project_root
@@ -155,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default 02:00)")
     deploy.add_argument("--timezone", default="UTC", help="time zone of the schedule")
     deploy.set_defaults(fn=cmd_prefect_yaml)
+    remote = sub.add_parser("dvc-remote", help="use an S3 bucket as this checkout's DVC remote")
+    remote.add_argument("--url", help="s3://bucket/prefix (default: $GDL_DVC_REMOTE)")
+    remote.set_defaults(fn=cmd_dvc_remote)
     stack = sub.add_parser("stack", help="the local stack: Prefect server, pools, deployments, workers")
     stack.add_argument("action", choices=["up"])
     stack.add_argument("--host", default="127.0.0.1")

@@ -42,15 +42,21 @@ def call(
     upstream: Mapping[str, Manifest] | None = None,
     **kwargs: Any,
 ) -> Manifest:
-    """Call a step task; if the bytes a cached result points at are gone, recompute them."""
+    """Call a step task. If the bytes a cached result points at are not on this machine, fetch
+    them from shared storage (when configured), else recompute them."""
+    from tasks import shared
+
     upstream = dict(upstream or {})
     if task.name == "publish":
         complete = (project_root() / upstream["sample"]["dir"]).parent.joinpath("manifest.json").exists()
     else:
         key, out = expected_output(technique, task.name, params, upstream)
-        complete = is_complete(out, key)
+        complete = is_complete(out, key) or shared.pull_slot(project_root(), out, key)
     if not complete:
         task = task.with_options(refresh_cache=True)
+    storage = shared.result_storage()
+    if storage is not None:
+        task = task.with_options(result_storage=storage)
     return task(technique=technique, params=dict(params), upstream=upstream, **kwargs)
 
 
@@ -65,7 +71,12 @@ def runner(step: str, body):
         dvc: bool = False,
         **kwargs: Any,
     ) -> Manifest:
-        return execute(technique, step, params, upstream, body, dvc=dvc, log=logger().info, **kwargs)
+        from tasks import shared
+
+        manifest = execute(technique, step, params, upstream, body, dvc=dvc, log=logger().info, **kwargs)
+        if not dvc and shared.push_slot(project_root(), project_root() / manifest["dir"]):
+            logger().info(f"{step}: mirrored {manifest['dir']} to shared storage")
+        return manifest
 
     return run
 

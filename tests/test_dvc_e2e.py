@@ -123,3 +123,22 @@ def test_killed_training_resumes_and_ends_with_the_same_epoch_count(dvc_repo):
     assert match and int(match.group(1)) >= done_before_kill
     final = yaml.safe_load((state.parent / "metrics.json").read_text())["final"]
     assert final["epochs"] == 25 and final["resumed_from_epoch"] == int(match.group(1))
+
+
+def test_datasets_and_checkpoints_round_trip_through_an_s3_dvc_remote(dvc_repo, s3):
+    repo, env = dvc_repo
+    _client, bucket = s3
+    env = {**env, **{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GDL_S3"))}}
+    _sh(repo, "dvc", "repro", "text_lstm-train", env=env)
+    remote = gdl(repo, "dvc-remote", "--url", f"s3://{bucket}/dvc", env=env)
+    assert remote.returncode == 0, remote.stderr
+    assert "endpointurl" in (repo / ".dvc" / "config.local").read_text()
+    _sh(repo, "dvc", "push", env=env)
+    model = repo / "data" / "checkpoints" / "text_lstm" / "dvc" / "model.keras"
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _sh(repo, "dvc", "pull", "--with-deps", "text_lstm-train", env=env)
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+    assert (repo / "data" / "raw" / "text_lstm" / "dvc" / "corpus.txt").is_file()
+    assert "up to date" in _sh(repo, "dvc", "status", "text_lstm-train", env=env).stdout

@@ -1,0 +1,108 @@
+"""Shared storage for many machines: Prefect results and step outputs on S3.
+
+With `GDL_SHARED_STORAGE=s3://bucket/prefix` set on every worker:
+- Prefect's task results and cache records go to `s3://bucket/prefix/prefect-results`, so a
+  worker on another machine finds the cache entries a first worker wrote;
+- every finished step slot (content-addressed, see tasks.steps) is mirrored to
+  `s3://bucket/prefix/<slot path>`, so that worker can fetch the bytes a cached result points
+  at instead of recomputing them.
+The endpoint comes from GDL_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), credentials from the usual
+AWS_* variables. Remote file names are checked like any outside input (no path traversal), and
+every fetched file must match the sha256 its marker records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from models.datasets import s3_client
+from models.files import GdlError, digest_json, replace_dir, safe_relpath, sha256_file, staging_dir
+from tasks.steps import MARKER, read_marker
+
+RESULTS = "prefect-results"
+
+
+def location() -> tuple[str, str] | None:
+    """(bucket, prefix) of GDL_SHARED_STORAGE, or None when it is not set."""
+    url = os.environ.get("GDL_SHARED_STORAGE")
+    if not url:
+        return None
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise GdlError(f"GDL_SHARED_STORAGE={url!r}: expected s3://bucket/prefix")
+    prefix = parsed.path.strip("/")
+    if prefix:
+        safe_relpath(prefix, "shared storage prefix")
+    return parsed.netloc, prefix
+
+
+def _key(prefix: str, *parts: str) -> str:
+    return "/".join(p for p in (prefix, *parts) if p)
+
+
+@cache
+def result_storage() -> str | None:
+    """The Prefect storage block (saved server-side, slug returned) for task results and cache
+    records, or None for Prefect's local default. It holds the location and endpoint only:
+    credentials stay in each worker's environment."""
+    where = location()
+    if where is None:
+        return None
+    from prefect.filesystems import RemoteFileSystem
+
+    endpoint = os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    settings: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    bucket, prefix = where
+    basepath = f"s3://{bucket}/{_key(prefix, RESULTS)}"
+    name = "gdl-results-" + digest_json([basepath, endpoint])[:12]
+    RemoteFileSystem(basepath=basepath, settings=settings).save(name, overwrite=True)
+    return f"remote-file-system/{name}"
+
+
+def push_slot(root: Path, out: Path) -> bool:
+    """Mirror a finished slot (files, then its marker last). False when not configured."""
+    where = location()
+    marker = read_marker(out)
+    if where is None or marker is None:
+        return False
+    bucket, prefix = where
+    client = s3_client()
+    rel = out.relative_to(root).as_posix()
+    for name in marker["files"]:
+        client.upload_file(str(out / name), bucket, _key(prefix, rel, name))
+    client.put_object(Bucket=bucket, Key=_key(prefix, rel, MARKER), Body=(out / MARKER).read_bytes())
+    return True
+
+
+def pull_slot(root: Path, out: Path, key: str) -> bool:
+    """Fetch the slot `out` for step key `key` from shared storage; True if it is now complete."""
+    where = location()
+    if where is None:
+        return False
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = where
+    client = s3_client()
+    rel = out.relative_to(root).as_posix()
+    try:
+        body = client.get_object(Bucket=bucket, Key=_key(prefix, rel, MARKER))["Body"].read()
+    except ClientError:
+        return False
+    marker = json.loads(body)
+    if marker.get("key") != key or marker.get("dir") != rel:
+        return False
+    with staging_dir(out) as tmp:
+        for name, entry in marker["files"].items():
+            dest = tmp / safe_relpath(name, "shared file name")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, _key(prefix, rel, name), str(dest))
+            if sha256_file(dest) != entry["sha256"]:
+                raise GdlError(f"shared copy of {rel}/{name} does not match its recorded sha256")
+        (tmp / MARKER).write_bytes(body)
+        replace_dir(tmp, out)
+    return True
