@@ -8,6 +8,7 @@ that several workers hammer (SQLite reports "database is locked" under concurren
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -46,6 +47,7 @@ def stack_env(root: Path, host: str, port: int, db_url: str | None) -> dict[str,
         PREFECT_SERVER_API_HOST=host,
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT),
         DO_NOT_TRACK="1",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
@@ -65,6 +67,55 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
         except OSError:
             time.sleep(0.5)
     raise GdlError(f"the Prefect server did not answer {url} within {timeout:.0f} s")
+
+
+# Flow runs send a heartbeat every HEARTBEAT seconds; a run whose heartbeats stop (its machine or
+# worker was killed) is marked Crashed by this automation, so it never stays "Running" forever.
+HEARTBEAT = 30
+ZOMBIE_AUTOMATION = {
+    "name": "gdl: crash flow runs whose heartbeats stopped",
+    "description": "Created by `gdl stack up`.",
+    "enabled": True,
+    "trigger": {
+        "type": "event",
+        "posture": "Proactive",
+        "after": ["prefect.flow-run.heartbeat"],
+        "expect": [
+            "prefect.flow-run.heartbeat",
+            "prefect.flow-run.Completed",
+            "prefect.flow-run.Failed",
+            "prefect.flow-run.Cancelled",
+            "prefect.flow-run.Crashed",
+        ],
+        "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+        "for_each": ["prefect.resource.id"],
+        "threshold": 1,
+        "within": 3 * HEARTBEAT,
+    },
+    "actions": [
+        {
+            "type": "change-flow-run-state",
+            "state": "CRASHED",
+            "message": f"No heartbeat for {3 * HEARTBEAT} s: the worker or its machine is gone.",
+        }
+    ],
+}
+
+
+def _ensure_zombie_automation(api: str) -> None:
+    def call(path: str, body: dict) -> object:
+        req = urllib.request.Request(
+            api + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)
+
+    existing = call("/automations/filter", {})
+    if not any(a["name"] == ZOMBIE_AUTOMATION["name"] for a in existing):
+        call("/automations/", ZOMBIE_AUTOMATION)
 
 
 def _stop(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
@@ -119,6 +170,7 @@ def up(
         server = spawn("server", "server", "start", "--host", host, "--port", str(port))
         _wait_healthy(env["PREFECT_API_URL"] + "/health", server, timeout=180)
         print(f"Prefect server: http://{host}:{port} (log: {logs / 'server.log'})", flush=True)
+        _ensure_zombie_automation(env["PREFECT_API_URL"])
         for pool in (CPU_POOL, GPU_POOL):
             run("work-pool", "create", pool, "--type", "process", "--overwrite")
         limit = gpus or gpu_count()
@@ -127,24 +179,35 @@ def up(
         if deploy:
             run("--no-prompt", "deploy", "--all")
             print("deployed every deployment of prefect.yaml", flush=True)
-        workers = [
-            spawn(f"worker-{pool}", "worker", "start", "--pool", pool) for pool in (CPU_POOL, GPU_POOL)
-        ]
+        workers = {
+            pool: spawn(f"worker-{pool}", "worker", "start", "--pool", pool) for pool in (CPU_POOL, GPU_POOL)
+        }
         print(f"workers: {CPU_POOL}, {GPU_POOL} (logs in {logs}); Ctrl-C stops the stack", flush=True)
         print("stack ready", flush=True)
+        restarts: list[float] = []
         while not stopping:
-            dead = [p for p in [server, *workers] if p.poll() is not None]
-            if dead:
+            if server.poll() is not None:
                 print(
-                    f"a stack process exited (code {dead[0].returncode}); stopping",
+                    f"the Prefect server exited (code {server.returncode}); stopping",
                     file=sys.stderr,
                     flush=True,
                 )
                 return 1
+            for pool, worker in workers.items():
+                if worker.poll() is None:
+                    continue
+                # A worker that died (killed, out of memory) is restarted, within reason.
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 600] + [now]
+                if len(restarts) > 5:
+                    print("workers keep dying; stopping", file=sys.stderr, flush=True)
+                    return 1
+                print(f"worker {pool} exited (code {worker.returncode}); restarting", flush=True)
+                workers[pool] = spawn(f"worker-{pool}", "worker", "start", "--pool", pool)
             time.sleep(0.5)
         return 0
     finally:
         print("stopping workers and server", flush=True)
-        _stop([p for p in started[1:]])  # workers first, so their runs are reported
+        _stop(started[1:])  # workers first, so their runs are reported
         _stop(started[:1])
         print("stack stopped", flush=True)

@@ -218,3 +218,58 @@ def test_clicking_run_in_the_ui_starts_a_run_that_completes(stack):
         driver.quit()
     assert len(new) == 1, "clicking Run created no flow run"
     assert _wait_final(api, new[0]["id"])["state"]["type"] == "COMPLETED"
+
+
+def _pids(*needles: bytes) -> list[int]:
+    """Processes whose command line and environment contain every needle."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            blob = (proc / "cmdline").read_bytes() + b"\0" + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if all(n in blob for n in needles):
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_worker_killed_mid_training_leaves_the_run_crashed_and_a_rerun_resumes(stack):
+    api, repo = stack["api"], stack["repo"]
+    deployment = _deployment(api, "technique", "text_lstm-demo")
+    params = {
+        "technique": "text_lstm",
+        "profile": "demo",
+        "overrides": {"text_lstm.epochs": 40, "text_lstm.seed": 4242},
+    }
+    slots = repo / "data" / "checkpoints" / "text_lstm"
+    before = set(slots.glob("*")) if slots.exists() else set()
+    run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": params})
+
+    deadline, state = time.monotonic() + 240, None
+    while time.monotonic() < deadline:
+        states = [p / "state.json" for p in set(slots.glob("*")) - before if (p / "state.json").exists()]
+        if states and json.loads(states[0].read_text())["epoch"] >= 2:
+            state = states[0]
+            break
+        time.sleep(0.2)
+    assert state, "training never wrote a checkpoint"
+    # The machine goes away: the cpu worker and the flow-run process it started, without warning.
+    victims = _pids(f"PREFECT__FLOW_RUN_ID={run['id']}".encode()) + _pids(
+        b"worker\0start\0--pool\0cpu", f"GDL_ROOT={repo}".encode()
+    )
+    assert victims
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    done_before = json.loads(state.read_text())["epoch"]
+    assert done_before < 40
+
+    crashed = _wait_final(api, run["id"], timeout=300)
+    assert crashed["state"]["type"] == "CRASHED"
+
+    rerun = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": params})
+    assert _wait_final(api, rerun["id"])["state"]["type"] == "COMPLETED"
+    logs = _api(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [rerun["id"]]}}, "limit": 200})
+    resumed = [m["message"] for m in logs if "resuming from epoch" in m["message"]]
+    assert resumed and int(resumed[0].split("epoch ")[1].split()[0]) >= done_before
+    final = json.loads((state.parent / "metrics.json").read_text())["final"]
+    assert final["epochs"] == 40
