@@ -1,6 +1,6 @@
 # Everyday tasks. Each target bootstraps .venv/ when it is missing (see README).
 PY := .venv/bin/python
-.PHONY: demo test fast lint format bench repro params
+.PHONY: demo test fast lint format bench repro params stack
 
 demo:            ## the demo pipeline (offline, CPU), prints where the reports are
 	python3 -m flows.bootstrap demo
@@ -17,4 +17,6 @@ bench:           ## side-by-side performance runs (not part of the tests' pass/f
 repro:           ## reproduce every DVC stage of the default profile
 	python3 -m flows.bootstrap env && PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/dvc repro
 params:          ## regenerate params.yaml and dvc.yaml from the parameter models and registry
-	.venv/bin/gdl params --write && .venv/bin/gdl dvc-yaml --write
+	.venv/bin/gdl params --write && .venv/bin/gdl dvc-yaml --write && .venv/bin/gdl prefect-yaml --write && .venv/bin/gdl params --reference --write
+stack:           ## the local stack: Prefect server + pools + deployments + workers (Ctrl-C stops)
+	python3 -m flows.bootstrap env && .venv/bin/gdl stack up

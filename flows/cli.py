@@ -83,8 +83,19 @@ def cmd_stage(args) -> None:
 
 
 def cmd_params(args) -> None:
-    from flows.config import params_path, render_params
+    from flows.config import params_path, render_params, render_params_reference
 
+    if args.reference:
+        reference = render_params_reference()
+        if not args.write:
+            sys.stdout.write(reference)
+            return
+        readme = params_path().parent / "README.md"
+        start, end = "<!-- params-reference:start -->\n", "<!-- params-reference:end -->"
+        head, rest = readme.read_text().split(start)
+        readme.write_text(head + start + reference + end + rest.split(end, 1)[1])
+        print(f"wrote the parameter reference into {readme}")
+        return
     text = render_params()
     if args.write:
         params_path().write_text(text)
@@ -165,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage.set_defaults(fn=cmd_stage)
     params = sub.add_parser("params", help="print (or --write) params.yaml from the models")
     params.add_argument("--write", action="store_true")
+    params.add_argument(
+        "--reference", action="store_true", help="print the Markdown parameter reference (as in README.md)"
+    )
     params.set_defaults(fn=cmd_params)
     dvc = sub.add_parser("dvc-yaml", help="print (or --write) dvc.yaml from the registry")
     dvc.add_argument("--write", action="store_true")

@@ -13,6 +13,7 @@ from models.params import (
     profile_values,
     read_params_file,
     render_params_yaml,
+    render_reference,
     validate,
 )
 from models.registry import get, techniques
@@ -61,3 +62,7 @@ def check_all(profile: str | None, overrides: Mapping[str, Any]) -> None:
 
 def render_params() -> str:
     return render_params_yaml({name: (t.params_model, t.demo_overrides) for name, t in techniques().items()})
+
+
+def render_params_reference() -> str:
+    return render_reference({name: (t.params_model, t.demo_overrides) for name, t in techniques().items()})

@@ -7,9 +7,10 @@ and its DVC `params:` list are the fields of that step and of every step before 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -141,3 +142,37 @@ def render_params_yaml(sections: Mapping[str, tuple[type[TechniqueParams], Mappi
                 dumped = yaml.safe_dump({name: values[name]}, default_flow_style=True, width=1000)
                 lines.append(f"    {dumped.strip()[1:-1]}  # {info.description}")
     return "\n".join(lines) + "\n"
+
+
+def render_reference(sections: Mapping[str, tuple[type[TechniqueParams], Mapping[str, Any]]]) -> str:
+    """Markdown reference of every parameter: type, book default (full), demo value, step, meaning."""
+    out = []
+    for section, (model, demo_overrides) in sections.items():
+        out += [
+            f"#### `{section}`",
+            "",
+            "| parameter | type | full (book) | demo | step | meaning |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        full = model().model_dump(mode="json")
+        demo = {**full, **demo_overrides}
+        for name, info in model.model_fields.items():
+            if get_origin(info.annotation) is Literal:
+                kind = " or ".join(f"`{a}`" for a in get_args(info.annotation))
+            else:
+                kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
+                kind = kind.replace("typing.", "").replace("|", "or")
+            step = (info.json_schema_extra or {}).get("step", "")
+            bounds = [
+                f"{k} {getattr(m, k)}"
+                for m in info.metadata
+                for k in ("ge", "gt", "le", "lt")
+                if getattr(m, k, None) is not None
+            ]
+            meaning = info.description + (f" ({', '.join(bounds)})" if bounds else "")
+            out.append(
+                f"| `{name}` | {kind} | `{json.dumps(full[name])}` | `{json.dumps(demo[name])}` "
+                f"| {step} | {meaning} |"
+            )
+        out.append("")
+    return "\n".join(out)

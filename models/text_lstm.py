@@ -58,7 +58,9 @@ class TextLSTMParams(TechniqueParams):
     batch_size: int = param(128, "train", "Windows per batch (Chollet 8.1: 128).", ge=1)
     epochs: int = param(60, "train", "Training epochs, one fit call each (Chollet 8.1: 60).", ge=1)
     temperatures: list[float] = param(
-        [0.2, 0.5, 1.0, 1.2], "sample", "Sampling temperatures (Chollet 8.1: 0.2, 0.5, 1.0, 1.2)."
+        [0.2, 0.5, 1.0, 1.2],
+        "sample",
+        "Sampling temperatures, each > 0, distinct (Chollet 8.1: 0.2, 0.5, 1.0, 1.2).",
     )
     sample_length: int = param(
         400, "sample", "Characters generated per temperature (Chollet 8.1: 400).", ge=1

@@ -90,3 +90,11 @@ def test_prefect_yaml_matches_the_registry():
         assert names[technique]["work_pool"]["name"] == "gpu"
         assert names[f"{technique}-demo"]["parameters"]["profile"] == "demo"
     assert names["nightly"]["schedules"][0]["cron"] and names["nightly"]["schedules"][0]["timezone"]
+
+
+def test_readme_parameter_reference_is_generated_from_the_models():
+    from flows.config import render_params_reference
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- params-reference:start -->\n")[1].split("<!-- params-reference:end -->")[0]
+    assert block == render_params_reference(), "run `gdl params --reference` into README.md"
