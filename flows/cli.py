@@ -97,9 +97,14 @@ def cmd_params(args) -> None:
         print(f"wrote the parameter reference into {readme}")
         return
     text = render_params()
-    if args.write:
-        params_path().write_text(text)
-        print(f"wrote {params_path()}")
+    _emit(text, params_path(), args.write)
+
+
+def _emit(text: str, path: Path, write: bool) -> None:
+    """Print a generated file, or (with --write) write it in place."""
+    if write:
+        path.write_text(text)
+        print(f"wrote {path}")
     else:
         sys.stdout.write(text)
 
@@ -108,24 +113,14 @@ def cmd_dvc_yaml(args) -> None:
     from flows.dvcfile import render
     from tasks.steps import project_root
 
-    text = render(project_root())
-    if args.write:
-        (project_root() / "dvc.yaml").write_text(text)
-        print(f"wrote {project_root() / 'dvc.yaml'}")
-    else:
-        sys.stdout.write(text)
+    _emit(render(project_root()), project_root() / "dvc.yaml", args.write)
 
 
 def cmd_prefect_yaml(args) -> None:
     from flows.deployments import render
     from tasks.steps import project_root
 
-    text = render(args.cron, args.timezone)
-    if args.write:
-        (project_root() / "prefect.yaml").write_text(text)
-        print(f"wrote {project_root() / 'prefect.yaml'}")
-    else:
-        sys.stdout.write(text)
+    _emit(render(args.cron, args.timezone), project_root() / "prefect.yaml", args.write)
 
 
 def cmd_dvc_remote(args) -> None:

@@ -29,10 +29,12 @@ def line_png(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=size, dpi=100)
     for label, values in series.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and runs are whole numbers
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

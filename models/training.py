@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from models.files import read_json, write_json_atomic
+from models.files import GdlError, read_json, write_json_atomic
 
 STATE = "state.json"
 LAST = "last.keras"
@@ -31,8 +31,6 @@ def configure_runtime(device: str, mixed_precision: bool, log: Callable[[str], N
 
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
-        from models.files import GdlError
-
         raise GdlError("device=gpu but TensorFlow sees no GPU; use device=auto or device=cpu")
     if device == "cpu" and gpus:
         with contextlib.suppress(RuntimeError):  # already initialised: fall back to placement

@@ -99,6 +99,36 @@ def gdl(root: Path, *args: str, env: dict[str, str] | None = None, timeout: floa
     )
 
 
+def cached_steps(stderr: str) -> set[str]:
+    """Names of the tasks a `gdl run` log reports as served from the cache."""
+    return {
+        line.split("Task run '")[1].split("-")[0]
+        for line in stderr.splitlines()
+        if "Finished in state Cached" in line
+    }
+
+
+@contextlib.contextmanager
+def background(cmd: list[str], health_url: str, timeout: float, env=None, log=None):
+    """Run a server process until the block ends; yields once `health_url` answers."""
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+    )
+    try:
+        wait_for(health_url, timeout)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 # ---------------------------------------------------------------------------------------------
 # A real HTTP server on loopback serving download fixtures
 
@@ -164,20 +194,10 @@ def http_server():
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url + "/moto-api/", 60)
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
+    with background(cmd, url + "/moto-api/", 60):
         yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
 
 
 @pytest.fixture
@@ -283,19 +303,7 @@ def prefect_api(tmp_path_factory):
         DO_NOT_TRACK="1",
         PREFECT_SERVER_API_PORT=str(port),
     )
-    log = open(home / "server.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     api = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_for(api + "/health", 180)
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with open(home / "server.log", "w") as log, background(cmd, api + "/health", 180, env, log):
         yield api
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(20)
-        log.close()

@@ -6,17 +6,10 @@ import json
 import urllib.request
 
 import pytest
+from conftest import cached_steps as _cached
 from conftest import cli_env, gdl
 
 pytestmark = pytest.mark.slow
-
-
-def _cached(stderr: str) -> set[str]:
-    return {
-        line.split("Task run '")[1].split("-")[0]
-        for line in stderr.splitlines()
-        if "Finished in state Cached" in line
-    }
 
 
 def _artifact_keys(api: str) -> set[str]:

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import cached_steps as _cached
 from conftest import cli_env, gdl, write_params
 
 pytestmark = pytest.mark.slow
-
-
-def _cached(stderr: str) -> set[str]:
-    return {
-        line.split("Task run '")[1].split("-")[0]
-        for line in stderr.splitlines()
-        if "Finished in state Cached" in line
-    }
 
 
 def test_a_second_machine_hits_the_cache_of_the_first_through_s3(project, tmp_path, prefect_api, s3):

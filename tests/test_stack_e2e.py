@@ -273,3 +273,61 @@ def test_a_worker_killed_mid_training_leaves_the_run_crashed_and_a_rerun_resumes
     assert resumed and int(resumed[0].split("epoch ")[1].split()[0]) >= done_before
     final = json.loads((state.parent / "metrics.json").read_text())["final"]
     assert final["epochs"] == 40
+
+
+def test_a_worker_on_another_machine_reuses_the_first_workers_cached_steps_via_s3(stack, s3, tmp_path):
+    api, repo = stack["api"], stack["repo"]
+    _client, bucket = s3
+    shared = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GDL_S3"))}
+    shared.update(
+        PREFECT_API_URL=api, GDL_SHARED_STORAGE=f"s3://{bucket}/shared", PREFECT_WORKER_QUERY_SECONDS="2"
+    )
+    pool = "shared-" + bucket[-8:]
+    made = subprocess.run(
+        [str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"],
+        env=cli_env(repo, **shared),
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    flow = _api(api, "/flows/name/technique")
+    deployment = _api(
+        api,
+        "/deployments/",
+        {
+            "name": pool,
+            "flow_id": flow["id"],
+            "work_pool_name": pool,
+            "entrypoint": "flows/pipeline.py:technique_flow",
+            "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(repo)}}],
+            "parameters": {"technique": "text_lstm", "profile": "demo", "overrides": {"text_lstm.seed": 77}},
+        },
+    )
+
+    def run_on(machine: Path) -> tuple[dict, list[str]]:
+        """Start a worker for `machine` (its own data/ and local Prefect storage), run, stop it."""
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool],
+            env=cli_env(machine, **shared),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {})
+            final = _wait_final(api, run["id"])
+        finally:
+            worker.send_signal(signal.SIGINT)
+            worker.wait(60)
+        task_runs = _api(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}, "limit": 50})
+        cached = [t["name"].split("-")[0] for t in task_runs if t["state"]["name"] == "Cached"]
+        return final, cached
+
+    first, cached_first = run_on(repo)
+    assert first["state"]["type"] == "COMPLETED" and cached_first == []
+    machine_b = tmp_path / "machine-b"
+    machine_b.mkdir()
+    write_params(machine_b)
+    second, cached_second = run_on(machine_b)
+    assert second["state"]["type"] == "COMPLETED"
+    assert {"download", "vectorize", "train", "sample"} <= set(cached_second)
+    assert list((machine_b / "data" / "checkpoints" / "text_lstm").glob("*/model.keras"))
