@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +17,30 @@ from models.report import CSS, fmt, line_png, png_data_uri
 GALLERY = "index.html"
 
 
-def collect_runs(runs_root: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every finished run (one with a manifest) per technique, oldest first."""
+def collect_runs(
+    run_ids: Iterable[tuple[str, str]], read: Callable[[str], bytes]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every finished run per technique, oldest first. `run_ids` are (technique, run id) pairs;
+    `read("<technique>/<run_id>/<file>")` returns a file's bytes wherever the runs live."""
     found: dict[str, list[dict[str, Any]]] = {}
-    for manifest_path in sorted(runs_root.glob("*/*/manifest.json")):
-        run = manifest_path.parent
+    for technique, run_id in run_ids:
         try:
-            manifest = json.loads(manifest_path.read_text())
-            metrics = json.loads((run / "metrics.json").read_text())
+            manifest = json.loads(read(f"{technique}/{run_id}/manifest.json"))
+            metrics = json.loads(read(f"{technique}/{run_id}/metrics.json"))
         except (OSError, ValueError):
             continue  # a run being written right now, or damaged: not listed
-        found.setdefault(run.parent.name, []).append(
-            {"run_id": run.name, "created_at": manifest.get("created_at", ""), "metrics": metrics}
+        found.setdefault(technique, []).append(
+            {"run_id": run_id, "created_at": manifest.get("created_at", ""), "metrics": metrics}
         )
     for runs in found.values():
         runs.sort(key=lambda r: r["created_at"])
     return found
+
+
+def local_runs(runs_root: Path) -> dict[str, list[dict[str, Any]]]:
+    """The runs under `data/runs` on this machine."""
+    ids = [(p.parent.parent.name, p.parent.name) for p in sorted(runs_root.glob("*/*/manifest.json"))]
+    return collect_runs(ids, lambda rel: (runs_root / rel).read_bytes())
 
 
 def _trend(runs: list[dict[str, Any]], metric: str) -> bytes:

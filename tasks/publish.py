@@ -41,7 +41,7 @@ from models.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from models.gallery import GALLERY, collect_runs, render_gallery
+from models.gallery import GALLERY, collect_runs, local_runs, render_gallery
 from models.registry import get
 from models.report import render_html
 from tasks._prefect import TASK_RETRIES, in_run, logger
@@ -143,9 +143,7 @@ def _latest(technique: str, run_id: str, manifest: Mapping[str, Any]) -> bytes:
     ).encode()
 
 
-def publish_local(
-    target: Target, technique: str, run: Path, manifest: Mapping[str, Any], gallery: bytes
-) -> str:
+def publish_local(target: Target, technique: str, run: Path, manifest: Mapping[str, Any]) -> str:
     dest = target.local_dir / technique / manifest["run_id"]
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -156,13 +154,12 @@ def publish_local(
     write_bytes_atomic(
         target.local_dir / technique / LATEST, _latest(technique, manifest["run_id"], manifest)
     )
-    write_bytes_atomic(target.local_dir / GALLERY, gallery)
+    # The published gallery lists every run in the publish folder, whoever published it.
+    write_bytes_atomic(target.local_dir / GALLERY, render_gallery(local_runs(target.local_dir)).encode())
     return str(dest / "report.html")
 
 
-def publish_s3(
-    target: Target, technique: str, run: Path, manifest: Mapping[str, Any], gallery: bytes, log=print
-) -> str:
+def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str, Any], log=print) -> str:
     from botocore.exceptions import BotoCoreError, ClientError
 
     attempts = int(os.environ.get("GDL_PUBLISH_ATTEMPTS", 4))
@@ -193,8 +190,34 @@ def publish_s3(
         put(f"{base}/{safe_relpath(rel, 'file name')}", path.read_bytes(), rel)
     latest_key = "/".join(p for p in (target.prefix, technique, LATEST) if p)
     put(latest_key, _latest(technique, manifest["run_id"], manifest), LATEST)
+    # The published gallery lists every run in the bucket, whichever machine published it.
+    gallery = render_gallery(_bucket_runs(client, target)).encode()
     put("/".join(p for p in (target.prefix, GALLERY) if p), gallery, GALLERY)
     return f"s3://{target.bucket}/{base}/report.html"
+
+
+def _bucket_runs(client, target: Target) -> dict[str, list[dict[str, Any]]]:
+    """The runs published under the target's prefix (keys from the bucket are checked)."""
+    from botocore.exceptions import ClientError
+
+    base = f"{target.prefix}/" if target.prefix else ""
+    ids = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=base):
+        for obj in page.get("Contents", []):
+            parts = obj["Key"][len(base) :].split("/")
+            if len(parts) == 3 and parts[2] == MANIFEST:
+                try:
+                    ids.append((safe_name(parts[0], "technique"), safe_name(parts[1], "run id")))
+                except GdlError:
+                    continue  # not one of ours: never used to build a key or a link
+
+    def read(rel: str) -> bytes:
+        try:
+            return client.get_object(Bucket=target.bucket, Key=base + rel)["Body"].read()
+        except ClientError as exc:
+            raise FileNotFoundError(rel) from exc
+
+    return collect_runs(ids, read)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,14 +266,15 @@ def run(
     run_path = (root / upstream["sample"]["dir"]).parent
     log = logger()
     built = assemble(technique, params, upstream, run_path)
-    gallery = render_gallery(collect_runs(run_path.parent.parent)).encode()
-    write_bytes_atomic(run_path.parent.parent / GALLERY, gallery)
+    write_bytes_atomic(
+        run_path.parent.parent / GALLERY, render_gallery(local_runs(run_path.parent.parent)).encode()
+    )
     target = Target.from_env()
     log.info(f"publishing {run_path.relative_to(root)} to {target.describe()}")
     if target.bucket:
-        published = publish_s3(target, technique, run_path, built["manifest"], gallery, log=log.warning)
+        published = publish_s3(target, technique, run_path, built["manifest"], log=log.warning)
     else:
-        published = publish_local(target, technique, run_path, built["manifest"], gallery)
+        published = publish_local(target, technique, run_path, built["manifest"])
     if in_run():
         _artifacts(technique, run_path, built["report"], published)
     return {
