@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.config import resolve_params
+from models.files import GdlError
 from models.registry import techniques
 from tasks._prefect import call, report_failure
 from tasks.download import download
@@ -45,5 +46,5 @@ def nightly_flow(profile: str = "demo", overrides: dict[str, Any] | None = None)
         else:
             failed.append(name)
     if failed:
-        raise RuntimeError(f"techniques failed: {', '.join(failed)}")
+        raise GdlError(f"techniques failed: {', '.join(failed)} (see their error summaries)")
     return results

@@ -9,7 +9,15 @@ from typing import Any
 
 from prefect.context import TaskRunContext
 
-from tasks.steps import Manifest, execute, expected_output, is_complete, project_root, step_key
+from tasks.steps import (
+    Manifest,
+    execute,
+    expected_output,
+    is_complete,
+    project_root,
+    run_dir_of,
+    step_key,
+)
 
 # Task-level retries of the network steps, on top of the retries inside fetch/upload.
 TASK_RETRIES = int(os.environ.get("GDL_TASK_RETRIES", 1))
@@ -48,7 +56,7 @@ def call(
 
     upstream = dict(upstream or {})
     if task.name == "publish":
-        complete = (project_root() / upstream["sample"]["dir"]).parent.joinpath("manifest.json").exists()
+        complete = (run_dir_of(project_root(), upstream) / "manifest.json").exists()
     else:
         key, out = expected_output(technique, task.name, params, upstream)
         complete = is_complete(out, key) or shared.pull_slot(project_root(), out, key)

@@ -45,7 +45,7 @@ from models.gallery import GALLERY, collect_runs, local_runs, render_gallery
 from models.registry import get
 from models.report import render_html
 from tasks._prefect import TASK_RETRIES, in_run, logger
-from tasks.steps import MARKER, Manifest, data_dir, project_root
+from tasks.steps import MARKER, Manifest, data_dir, project_root, run_dir_of
 
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
@@ -263,7 +263,7 @@ def run(
 ) -> dict[str, Any]:
     """Assemble the run directory beside the samples, then publish it. Returns run dir and URL."""
     root = project_root()
-    run_path = (root / upstream["sample"]["dir"]).parent
+    run_path = run_dir_of(root, upstream)
     log = logger()
     built = assemble(technique, params, upstream, run_path)
     write_bytes_atomic(

@@ -93,6 +93,11 @@ def run_dir(root: Path, technique: str, slot: str) -> Path:
     return data_dir(root) / "runs" / technique / slot
 
 
+def run_dir_of(root: Path, upstream: Mapping[str, Manifest]) -> Path:
+    """The run directory a publish step fills: the one holding the sample step's samples/."""
+    return (root / upstream["sample"]["dir"]).parent
+
+
 def read_marker(out: Path) -> Manifest | None:
     marker = out / MARKER
     return read_json(marker) if marker.exists() else None

@@ -137,12 +137,15 @@ def test_published_s3_gallery_lists_runs_from_every_machine(project, steps, s3, 
     client, bucket = s3
     monkeypatch.setenv("GDL_S3_BUCKET", bucket)
     # Another machine published a run earlier; this machine has never seen it locally.
-    other = {"run_id": "0123456789ab", "created_at": "2026-01-01T00:00:00.000+00:00",
-             "files": {}}
-    client.put_object(Bucket=bucket, Key="gdl/text_lstm/0123456789ab/manifest.json",
-                      Body=json.dumps(other).encode())
-    client.put_object(Bucket=bucket, Key="gdl/text_lstm/0123456789ab/metrics.json",
-                      Body=json.dumps({"val_bits_per_char": 3.5}).encode())
+    other = {"run_id": "0123456789ab", "created_at": "2026-01-01T00:00:00.000+00:00", "files": {}}
+    client.put_object(
+        Bucket=bucket, Key="gdl/text_lstm/0123456789ab/manifest.json", Body=json.dumps(other).encode()
+    )
+    client.put_object(
+        Bucket=bucket,
+        Key="gdl/text_lstm/0123456789ab/metrics.json",
+        Body=json.dumps({"val_bits_per_char": 3.5}).encode(),
+    )
     client.put_object(Bucket=bucket, Key="gdl/..%2f/evil/manifest.json", Body=b"{}")
     result = publish.run("text_lstm", steps["params"], steps["upstream"])
     run_id = result["run_dir"].rsplit("/", 1)[-1]
