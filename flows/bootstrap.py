@@ -4,6 +4,7 @@ Standard library only: this runs under the system Python before anything is inst
 
     python3 -m flows.bootstrap demo    # environment + the demo pipeline (offline, CPU)
     python3 -m flows.bootstrap test    # environment + lint + the whole test suite
+    python3 -m flows.bootstrap env     # only the environment (what the Makefile targets use)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from models.files import GdlError
+from models.files import GdlError, s3_endpoint
 from models.params import PROFILES, STEPS
 
 
@@ -92,7 +92,10 @@ def cmd_params(args) -> None:
             return
         readme = params_path().parent / "README.md"
         start, end = "<!-- params-reference:start -->\n", "<!-- params-reference:end -->"
-        head, rest = readme.read_text().split(start)
+        text = readme.read_text()
+        if text.count(start) != 1 or end not in text.split(start)[1]:
+            raise GdlError(f"{readme} needs one '{start.strip()}' ... '{end}' block")
+        head, rest = text.split(start)
         readme.write_text(head + start + reference + end + rest.split(end, 1)[1])
         print(f"wrote the parameter reference into {readme}")
         return
@@ -132,7 +135,7 @@ def cmd_dvc_remote(args) -> None:
         raise GdlError("give --url s3://bucket/prefix (or set GDL_DVC_REMOTE) for the DVC remote")
     dvc = str(Path(sys.executable).parent / "dvc")
     commands = [[dvc, "remote", "add", "--local", "--force", "--default", "gdl", url]]
-    endpoint = os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    endpoint = s3_endpoint()
     if endpoint:
         commands.append([dvc, "remote", "modify", "--local", "gdl", "endpointurl", endpoint])
     for command in commands:

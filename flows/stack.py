@@ -113,9 +113,12 @@ def _ensure_zombie_automation(api: str) -> None:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.load(resp)
 
-    existing = call("/automations/filter", {})
-    if not any(a["name"] == ZOMBIE_AUTOMATION["name"] for a in existing):
-        call("/automations/", ZOMBIE_AUTOMATION)
+    try:
+        existing = call("/automations/filter", {})
+        if not any(a["name"] == ZOMBIE_AUTOMATION["name"] for a in existing):
+            call("/automations/", ZOMBIE_AUTOMATION)
+    except OSError as exc:  # HTTPError and URLError are OSErrors
+        raise GdlError(f"could not create the crashed-run automation on {api}: {exc}") from None
 
 
 def _stop(procs: list[subprocess.Popen], grace: float = 20.0) -> None:

@@ -23,9 +23,12 @@ from pathlib import Path
 
 from models.files import (
     GdlError,
+    RetryableError,
+    env_number,
     file_lock,
     read_json,
     retry,
+    s3_endpoint,
     safe_name,
     sha256_file,
     write_json_atomic,
@@ -120,9 +123,9 @@ class FetchPolicy:
     @classmethod
     def from_env(cls) -> FetchPolicy:
         return cls(
-            attempts=int(os.environ.get("GDL_FETCH_ATTEMPTS", cls.attempts)),
-            backoff=float(os.environ.get("GDL_FETCH_BACKOFF", cls.backoff)),
-            timeout=float(os.environ.get("GDL_FETCH_TIMEOUT", cls.timeout)),
+            attempts=env_number("GDL_FETCH_ATTEMPTS", cls.attempts, int),
+            backoff=env_number("GDL_FETCH_BACKOFF", cls.backoff, float),
+            timeout=env_number("GDL_FETCH_TIMEOUT", cls.timeout, float),
         )
 
 
@@ -137,7 +140,7 @@ def _http_to(url: str, dest: Path, timeout: float) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code >= 500 or exc.code == 429:
             raise TransientError(f"HTTP {exc.code}") from None
-        raise GdlError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+        raise GdlError(f"download of {redact(url)} failed: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TransientError(f"{type(exc).__name__}: {reason}") from None
@@ -148,7 +151,7 @@ def s3_client(timeout: float = 60.0, attempts: int = 1):
     import boto3
     from botocore.config import Config
 
-    endpoint = os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    endpoint = s3_endpoint()
     config = Config(
         connect_timeout=timeout,
         read_timeout=timeout,
@@ -184,6 +187,39 @@ def _local_to(location: str, dest: Path) -> None:
     shutil.copyfile(path, dest)
 
 
+def _retrying(
+    attempt: Callable[[], None], location: str, policy: FetchPolicy, log: Callable[[str], None]
+) -> None:
+    """Run one download attempt, retrying transient failures with backoff."""
+
+    def note(n: int, exc: BaseException, delay: float) -> None:
+        log(f"download {redact(location)}: attempt {n} failed ({exc}); retrying in {delay:.1f}s")
+
+    try:
+        retry(
+            attempt,
+            attempts=policy.attempts,
+            backoff=policy.backoff,
+            retry_on=(TransientError,),
+            on_retry=note,
+        )
+    except TransientError as exc:
+        raise RetryableError(
+            f"download of {redact(location)} failed after {policy.attempts} attempts: {exc}"
+        ) from None
+
+
+def redact(location: str) -> str:
+    """A location fit for logs and reports: no user:password@, no query (presigned signatures)."""
+    parsed = urllib.parse.urlsplit(location)
+    if not parsed.scheme or "://" not in location:
+        return location
+    host = parsed.hostname or ""
+    if parsed.port:
+        host += f":{parsed.port}"
+    return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
+
+
 def resolve_location(dataset: Dataset, source: str) -> str:
     if source == "remote":
         return dataset.remote
@@ -207,7 +243,7 @@ def _check_pin(raw_root: Path, location: str, digest: str) -> None:
             write_json_atomic(pins_path, pins)
         elif pinned != digest:
             raise GdlError(
-                f"{location} changed since it was first downloaded (sha256 {digest[:12]}..., "
+                f"{redact(location)} changed since it was first downloaded (sha256 {digest[:12]}..., "
                 f"pinned {pinned[:12]}... in {pins_path}); delete the pin to accept the new content"
             )
 
@@ -236,37 +272,9 @@ def fetch(
         if location.startswith("offline:"):
             tmp.write_bytes(dataset.offline())
         elif location.startswith(("http://", "https://")):
-
-            def attempt() -> None:
-                _http_to(location, tmp, policy.timeout)
-
-            def note(n: int, exc: BaseException, delay: float) -> None:
-                log(f"download {location}: attempt {n} failed ({exc}); retrying in {delay:.1f}s")
-
-            try:
-                retry(
-                    attempt,
-                    attempts=policy.attempts,
-                    backoff=policy.backoff,
-                    retry_on=(TransientError,),
-                    on_retry=note,
-                )
-            except TransientError as exc:
-                raise GdlError(
-                    f"download of {location} failed after {policy.attempts} attempts: {exc}"
-                ) from None
+            _retrying(lambda: _http_to(location, tmp, policy.timeout), location, policy, log)
         elif location.startswith("s3://"):
-            try:
-                retry(
-                    lambda: _s3_to(location, tmp, policy.timeout),
-                    attempts=policy.attempts,
-                    backoff=policy.backoff,
-                    retry_on=(TransientError,),
-                )
-            except TransientError as exc:
-                raise GdlError(
-                    f"download of {location} failed after {policy.attempts} attempts: {exc}"
-                ) from None
+            _retrying(lambda: _s3_to(location, tmp, policy.timeout), location, policy, log)
         elif "://" in location and not location.startswith("file://"):
             raise GdlError(
                 f"unsupported source {location!r}: use remote, offline, http(s)://, s3:// or a path"
@@ -276,12 +284,14 @@ def fetch(
 
         digest = sha256_file(tmp)
         if location == dataset.remote and dataset.remote_sha256 and digest != dataset.remote_sha256:
-            raise GdlError(f"{location}: sha256 {digest} does not match the expected {dataset.remote_sha256}")
+            raise GdlError(
+                f"{redact(location)}: sha256 {digest} does not match the expected {dataset.remote_sha256}"
+            )
         _CHECKS[dataset.kind](tmp.read_bytes(), location)
         if location.startswith(("http://", "https://", "s3://")):
-            _check_pin(raw_root, location, digest)
+            _check_pin(raw_root, redact(location), digest)
         os.replace(tmp, dest_dir / filename)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return {"location": location, "sha256": digest, "file": filename}
+    return {"location": redact(location), "sha256": digest, "file": filename}

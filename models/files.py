@@ -26,16 +26,16 @@ class GdlError(Exception):
     """An error the user can act on; the CLI prints its message as one line."""
 
 
+class RetryableError(GdlError):
+    """A failure that may pass on a later try (network trouble), unlike a bad input."""
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def digest_json(obj: Any) -> str:
@@ -46,9 +46,13 @@ def digest_json(obj: Any) -> str:
 
 def safe_name(name: str, what: str = "name") -> str:
     """Return `name` if it is a plain file name (no separators, no '..'), else raise."""
-    if not _SAFE_NAME.match(name) or ".." in name:
+    if not is_safe_name(name):
         raise GdlError(f"unsafe {what} {name!r}: use letters, digits, '.', '_' and '-' only")
     return name
+
+
+def is_safe_name(name: str) -> bool:
+    return bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
 
 
 def safe_relpath(rel: str, what: str = "path") -> str:
@@ -66,6 +70,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide published files from a web server
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -90,7 +95,8 @@ def dir_manifest(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, dict[st
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel in exclude or path.name.startswith(".") or path.name == ".gitignore":
+        # Dot-names (markers, locks, staging dirs of a killed writer) are never content.
+        if rel in exclude or any(part.startswith(".") for part in rel.split("/")):
             continue
         files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return files
@@ -141,6 +147,8 @@ def retry(
     on_retry: Callable[[int, BaseException, float], None] | None = None,
 ) -> T:
     """Call `fn` up to `attempts` times, sleeping backoff, 2*backoff, ... between failures."""
+    if attempts < 1:
+        raise GdlError(f"retry attempts must be at least 1 (got {attempts})")
     for attempt in range(1, attempts + 1):
         try:
             return fn()
@@ -152,3 +160,19 @@ def retry(
                 on_retry(attempt, exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def env_number(name: str, default: float, kind: type = int) -> float:
+    """A numeric setting from the environment; a bad value is a one-line error naming it."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise GdlError(f"environment variable {name}={raw!r} must be a {kind.__name__}") from None
+
+
+def s3_endpoint() -> str | None:
+    """The S3-compatible endpoint URL configured for gdl (None: AWS's default)."""
+    return os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None

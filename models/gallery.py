@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from models.files import is_safe_name
 from models.report import CSS, fmt, line_png, png_data_uri
 
 GALLERY = "index.html"
@@ -29,6 +30,8 @@ def collect_runs(
             metrics = json.loads(read(f"{technique}/{run_id}/metrics.json"))
         except (OSError, ValueError):
             continue  # a run being written right now, or damaged: not listed
+        if not isinstance(manifest, dict) or not isinstance(metrics, dict):
+            continue  # not a run of ours
         found.setdefault(technique, []).append(
             {"run_id": run_id, "created_at": manifest.get("created_at", ""), "metrics": metrics}
         )
@@ -38,8 +41,12 @@ def collect_runs(
 
 
 def local_runs(runs_root: Path) -> dict[str, list[dict[str, Any]]]:
-    """The runs under `data/runs` on this machine."""
-    ids = [(p.parent.parent.name, p.parent.name) for p in sorted(runs_root.glob("*/*/manifest.json"))]
+    """The runs in a folder laid out `<technique>/<run_id>/` (data/runs, or a publish folder)."""
+    ids = [
+        (p.parent.parent.name, p.parent.name)
+        for p in sorted(runs_root.glob("*/*/manifest.json"))
+        if is_safe_name(p.parent.parent.name) and is_safe_name(p.parent.name)
+    ]
     return collect_runs(ids, lambda rel: (runs_root / rel).read_bytes())
 
 
@@ -49,7 +56,8 @@ def _trend(runs: list[dict[str, Any]], metric: str) -> bytes:
 
 
 def _trend_metric(runs: list[dict[str, Any]]) -> str | None:
-    """The metric to chart: validation bits per char where there is one, else the first number."""
+    """The metric to chart: val_bits_per_char, val_loss or train_loss if present, else the first
+    number."""
     latest = runs[-1]["metrics"]
     preferred = [k for k in ("val_bits_per_char", "val_loss", "train_loss") if k in latest]
     numeric = [k for k, v in latest.items() if isinstance(v, int | float) and not isinstance(v, bool)]

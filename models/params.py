@@ -115,6 +115,8 @@ def profile_values(
 ) -> dict[str, Any]:
     """The values params.yaml gives `section` under `profile` (missing fields take the model's defaults)."""
     block = data.get(profile) or {}
+    if not isinstance(block, dict):
+        raise GdlError(f"params.yaml: {profile} must be a mapping of technique sections")
     values = block.get(section) or {}
     if not isinstance(values, dict):
         raise GdlError(f"params.yaml: {profile}.{section} must be a mapping")

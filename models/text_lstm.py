@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import field_validator
 
-from models.datasets import decode_text, get_dataset
+from models.datasets import decode_text, get_dataset, redact
 from models.files import GdlError, digest_json, sha256_file, write_json_atomic
 from models.params import TechniqueParams, param
 from models.registry import StepContext, Technique, register
@@ -423,7 +423,7 @@ def report(p: TextLSTMParams, dirs: dict[str, Path]) -> Report:
     if p.source == "offline":
         corpus = f"offline stand-in for {dataset.name}: {dataset.offline_description}"
     else:
-        corpus = f"{dataset.name} from {p.source if p.source != 'remote' else dataset.remote}"
+        corpus = f"{dataset.name} from {redact(p.source) if p.source != 'remote' else dataset.remote}"
     return Report(
         title="text_lstm: character-level LSTM text generation",
         notes=[f"Corpus: {corpus}."],

@@ -1,14 +1,14 @@
 """Resumable training: one `fit` call per epoch (as the books do), a checkpoint after each.
 
-The checkpoint directory holds `last.keras` (model + optimizer state) and `state.json` (epochs
-done, history, and a fingerprint of everything that determines training). A run killed
+The checkpoint directory holds `epoch-NNNN.keras` (model + optimizer state after the last
+completed epoch), `state.json` (epochs done, that file's name, history, and a fingerprint of
+everything that determines training) and, once training is finished, `model.keras`. A run killed
 mid-training resumes from the last completed epoch and ends with the same epoch count; a
 checkpoint left by different params or data is discarded, never resumed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
@@ -19,9 +19,7 @@ from typing import Any
 from models.files import GdlError, read_json, write_json_atomic
 
 STATE = "state.json"
-LAST = "last.keras"
 FINAL = "model.keras"
-DONE = "done.json"
 
 
 def configure_runtime(device: str, mixed_precision: bool, log: Callable[[str], None]) -> str:
@@ -33,8 +31,13 @@ def configure_runtime(device: str, mixed_precision: bool, log: Callable[[str], N
     if device == "gpu" and not gpus:
         raise GdlError("device=gpu but TensorFlow sees no GPU; use device=auto or device=cpu")
     if device == "cpu" and gpus:
-        with contextlib.suppress(RuntimeError):  # already initialised: fall back to placement
+        try:
             tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow already initialised its devices in this process
+            raise GdlError(
+                "device=cpu must be chosen before TensorFlow starts: run this technique alone "
+                "or with CUDA_VISIBLE_DEVICES=''"
+            ) from None
     used = "gpu" if gpus and device != "cpu" else "cpu"
     if mixed_precision and used == "gpu":
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -50,11 +53,6 @@ def load_model(path: Path):
     import keras
 
     return keras.models.load_model(path, safe_mode=True, compile=True)
-
-
-def is_done(ckpt_dir: Path, fingerprint: str) -> bool:
-    done = ckpt_dir / DONE
-    return done.exists() and read_json(done).get("fingerprint") == fingerprint
 
 
 def fit_resumable(
@@ -77,17 +75,16 @@ def fit_resumable(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state_path = ckpt_dir / STATE
     state = read_json(state_path) if state_path.exists() else None
-    if state and state.get("fingerprint") == fingerprint and (ckpt_dir / LAST).exists():
-        model = load_model(ckpt_dir / LAST)
+    saved = ckpt_dir / state["checkpoint"] if state and "checkpoint" in state else None
+    if state and state.get("fingerprint") == fingerprint and saved and saved.exists():
+        model = load_model(saved)
         start = int(state["epoch"])
         history: dict[str, list[float]] = state["history"]
-        log(f"resuming from epoch {start} of {epochs} ({ckpt_dir / LAST})")
+        log(f"resuming from epoch {start} of {epochs} ({saved})")
     else:
         if state:
             log(f"checkpoint in {ckpt_dir} is from other params or data: starting over")
         for child in ckpt_dir.iterdir():
-            if child.name.endswith(".gdl-lock"):
-                continue
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         model, start, history = build_model(), 0, {}
 
@@ -101,10 +98,19 @@ def fit_resumable(
             history.setdefault(name, []).append(float(values[-1]))
         history.setdefault("samples_per_s", []).append(samples_per_epoch / seconds)
         history.setdefault("epoch_seconds", []).append(seconds)
-        tmp = ckpt_dir / f".{LAST}.{os.getpid()}.tmp.keras"
+        # One file per epoch, named by state.json only once it is whole: a kill at any moment
+        # leaves state.json pointing at a checkpoint of exactly the epochs it counts.
+        name = f"epoch-{epoch + 1:04d}.keras"
+        tmp = ckpt_dir / f".{name}.{os.getpid()}.tmp.keras"
         model.save(tmp)
-        os.replace(tmp, ckpt_dir / LAST)
-        write_json_atomic(state_path, {"epoch": epoch + 1, "fingerprint": fingerprint, "history": history})
+        os.replace(tmp, ckpt_dir / name)
+        write_json_atomic(
+            state_path,
+            {"epoch": epoch + 1, "checkpoint": name, "fingerprint": fingerprint, "history": history},
+        )
+        for old in ckpt_dir.glob("epoch-*.keras"):
+            if old.name != name:
+                old.unlink()
         logs = {k: v[-1] for k, v in history.items()}
         log(
             f"epoch {epoch + 1}/{epochs}: "
@@ -112,6 +118,5 @@ def fit_resumable(
         )
         progress(epoch + 1, epochs, logs)
 
-    shutil.copyfile(ckpt_dir / LAST, ckpt_dir / FINAL)
-    write_json_atomic(ckpt_dir / DONE, {"fingerprint": fingerprint, "epochs": epochs})
+    shutil.copyfile(ckpt_dir / read_json(state_path)["checkpoint"], ckpt_dir / FINAL)
     return {"history": history, "resumed_from": start}

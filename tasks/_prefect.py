@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from prefect.context import TaskRunContext
 
+from models.files import GdlError, RetryableError, env_number
 from tasks.steps import (
     Manifest,
     execute,
@@ -20,7 +20,20 @@ from tasks.steps import (
 )
 
 # Task-level retries of the network steps, on top of the retries inside fetch/upload.
-TASK_RETRIES = int(os.environ.get("GDL_TASK_RETRIES", 1))
+TASK_RETRIES = int(env_number("GDL_TASK_RETRIES", 1, int))
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Retry condition: network trouble is retried; a bad input (any other GdlError) is not."""
+    try:
+        state.result()
+    except RetryableError:
+        return True
+    except GdlError:
+        return False
+    except Exception:
+        return True
+    return False
 
 
 def step_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
@@ -59,7 +72,7 @@ def call(
         complete = (run_dir_of(project_root(), upstream) / "manifest.json").exists()
     else:
         key, out = expected_output(technique, task.name, params, upstream)
-        complete = is_complete(out, key) or shared.pull_slot(project_root(), out, key)
+        complete = is_complete(out, key) or shared.pull_slot(project_root(), out, key, logger().warning)
     if not complete:
         task = task.with_options(refresh_cache=True)
     storage = shared.result_storage()
@@ -82,7 +95,7 @@ def runner(step: str, body):
         from tasks import shared
 
         manifest = execute(technique, step, params, upstream, body, dvc=dvc, log=logger().info, **kwargs)
-        if not dvc and shared.push_slot(project_root(), project_root() / manifest["dir"]):
+        if not dvc and shared.push_slot(project_root(), project_root() / manifest["dir"], logger().warning):
             logger().info(f"{step}: mirrored {manifest['dir']} to shared storage")
         return manifest
 

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 
 from models.datasets import fetch, get_dataset
-from tasks._prefect import TASK_RETRIES, runner, step_cache_key
+from tasks._prefect import TASK_RETRIES, runner, step_cache_key, transient_only
 from tasks.steps import Manifest, data_dir
 
 
@@ -27,6 +27,7 @@ run = runner("download", _download)
     persist_result=True,
     result_serializer="json",
     retries=TASK_RETRIES,
+    retry_condition_fn=transient_only,
     retry_delay_seconds=10,
 )
 def download(technique: str, params: dict[str, Any], upstream: dict[str, Manifest]) -> Manifest:

@@ -34,24 +34,29 @@ from prefect import task
 from models.datasets import s3_client
 from models.files import (
     GdlError,
+    RetryableError,
     dir_manifest,
+    env_number,
+    replace_dir,
     retry,
+    s3_endpoint,
     safe_name,
     safe_relpath,
+    staging_dir,
     write_bytes_atomic,
     write_json_atomic,
 )
 from models.gallery import GALLERY, collect_runs, local_runs, render_gallery
 from models.registry import get
 from models.report import render_html
-from tasks._prefect import TASK_RETRIES, in_run, logger
+from tasks._prefect import TASK_RETRIES, in_run, logger, transient_only
 from tasks.steps import MARKER, Manifest, data_dir, project_root, run_dir_of
 
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
 
 
-class PublishError(GdlError):
+class PublishError(RetryableError):
     """Publishing failed after retries; the local run directory is intact."""
 
 
@@ -119,7 +124,7 @@ class Target:
         return f"s3://{self.bucket}/{self.prefix}" if self.bucket else str(self.local_dir)
 
     def identity(self) -> dict[str, Any]:
-        endpoint = os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        endpoint = s3_endpoint()
         return {"target": self.describe(), "endpoint": endpoint if self.bucket else None}
 
 
@@ -145,12 +150,9 @@ def _latest(technique: str, run_id: str, manifest: Mapping[str, Any]) -> bytes:
 
 def publish_local(target: Target, technique: str, run: Path, manifest: Mapping[str, Any]) -> str:
     dest = target.local_dir / technique / manifest["run_id"]
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run, tmp, ignore=shutil.ignore_patterns(MARKER, ".*"))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    with staging_dir(dest) as tmp:
+        shutil.copytree(run, tmp, ignore=shutil.ignore_patterns(MARKER, ".*"), dirs_exist_ok=True)
+        replace_dir(tmp, dest)
     write_bytes_atomic(
         target.local_dir / technique / LATEST, _latest(technique, manifest["run_id"], manifest)
     )
@@ -162,8 +164,8 @@ def publish_local(target: Target, technique: str, run: Path, manifest: Mapping[s
 def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str, Any], log=print) -> str:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    attempts = int(os.environ.get("GDL_PUBLISH_ATTEMPTS", 4))
-    backoff = float(os.environ.get("GDL_PUBLISH_BACKOFF", 1.0))
+    attempts = env_number("GDL_PUBLISH_ATTEMPTS", 4, int)
+    backoff = env_number("GDL_PUBLISH_BACKOFF", 1.0, float)
     client = s3_client(timeout=30, attempts=1)
     base = "/".join(p for p in (target.prefix, technique, manifest["run_id"]) if p)
     uploads = [(rel, run / rel) for rel in manifest["files"]] + [(MANIFEST, run / MANIFEST)]
@@ -191,7 +193,13 @@ def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str,
     latest_key = "/".join(p for p in (target.prefix, technique, LATEST) if p)
     put(latest_key, _latest(technique, manifest["run_id"], manifest), LATEST)
     # The published gallery lists every run in the bucket, whichever machine published it.
-    gallery = render_gallery(_bucket_runs(client, target)).encode()
+    try:
+        gallery = render_gallery(_bucket_runs(client, target)).encode()
+    except (BotoCoreError, ClientError) as exc:
+        raise PublishError(
+            f"run published to {target.describe()}, but listing the bucket for the gallery failed "
+            f"({type(exc).__name__}); {technique}/{LATEST} points at the new run"
+        ) from None
     put("/".join(p for p in (target.prefix, GALLERY) if p), gallery, GALLERY)
     return f"s3://{target.bucket}/{base}/report.html"
 
@@ -307,6 +315,7 @@ def _publish_key(context, parameters) -> str:
     persist_result=True,
     result_serializer="json",
     retries=TASK_RETRIES,
+    retry_condition_fn=transient_only,
     retry_delay_seconds=10,
 )
 def publish(technique: str, params: dict[str, Any], upstream: dict[str, Manifest]) -> dict:

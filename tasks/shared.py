@@ -21,8 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from models.datasets import s3_client
-from models.files import GdlError, digest_json, replace_dir, safe_relpath, sha256_file, staging_dir
-from tasks.steps import MARKER, read_marker
+from models.files import (
+    GdlError,
+    digest_json,
+    file_lock,
+    replace_dir,
+    retry,
+    s3_endpoint,
+    safe_relpath,
+    sha256_file,
+    staging_dir,
+)
+from tasks.steps import MARKER, read_marker, slot_lock
 
 RESULTS = "prefect-results"
 
@@ -55,7 +65,7 @@ def result_storage() -> str | None:
         return None
     from prefect.filesystems import RemoteFileSystem
 
-    endpoint = os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    endpoint = s3_endpoint()
     settings: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
     bucket, prefix = where
     basepath = f"s3://{bucket}/{_key(prefix, RESULTS)}"
@@ -64,8 +74,11 @@ def result_storage() -> str | None:
     return f"remote-file-system/{name}"
 
 
-def push_slot(root: Path, out: Path) -> bool:
-    """Mirror a finished slot (files, then its marker last). False when not configured."""
+def push_slot(root: Path, out: Path, log=print) -> bool:
+    """Mirror a finished slot (files, then its marker last). False when not configured or when
+    the upload failed: the step itself succeeded, so a failed mirror is a warning, not an error."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     where = location()
     marker = read_marker(out)
     if where is None or marker is None:
@@ -73,36 +86,57 @@ def push_slot(root: Path, out: Path) -> bool:
     bucket, prefix = where
     client = s3_client()
     rel = out.relative_to(root).as_posix()
-    for name in marker["files"]:
-        client.upload_file(str(out / name), bucket, _key(prefix, rel, name))
-    client.put_object(Bucket=bucket, Key=_key(prefix, rel, MARKER), Body=(out / MARKER).read_bytes())
+
+    def upload() -> None:
+        for name in marker["files"]:
+            client.upload_file(str(out / name), bucket, _key(prefix, rel, name))
+        client.put_object(Bucket=bucket, Key=_key(prefix, rel, MARKER), Body=(out / MARKER).read_bytes())
+
+    try:
+        retry(upload, attempts=3, backoff=1.0, retry_on=(BotoCoreError, ClientError, OSError))
+    except (BotoCoreError, ClientError, OSError) as exc:
+        log(
+            f"could not mirror {rel} to shared storage ({type(exc).__name__}); "
+            "other machines will recompute it"
+        )
+        return False
     return True
 
 
-def pull_slot(root: Path, out: Path, key: str) -> bool:
-    """Fetch the slot `out` for step key `key` from shared storage; True if it is now complete."""
+class _Unusable(Exception):
+    """The shared copy of a slot is missing, foreign or damaged: recompute instead."""
+
+
+def pull_slot(root: Path, out: Path, key: str, log=print) -> bool:
+    """Fetch the slot `out` for step key `key` from shared storage; True if it is now complete.
+    A missing, foreign or damaged copy is never used: the step is recomputed instead."""
     where = location()
     if where is None:
         return False
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = where
     client = s3_client()
     rel = out.relative_to(root).as_posix()
     try:
         body = client.get_object(Bucket=bucket, Key=_key(prefix, rel, MARKER))["Body"].read()
-    except ClientError:
+        marker = json.loads(body)
+        if not isinstance(marker, dict) or marker.get("key") != key or marker.get("dir") != rel:
+            return False
+        with file_lock(slot_lock(out)), staging_dir(out) as tmp:
+            for name, entry in marker["files"].items():
+                dest = tmp / safe_relpath(name, "shared file name")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, _key(prefix, rel, name), str(dest))
+                if sha256_file(dest) != entry["sha256"]:
+                    raise _Unusable(f"{name} does not match its recorded sha256")
+            (tmp / MARKER).write_bytes(body)
+            replace_dir(tmp, out)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
+            log(f"shared copy of {rel} unreadable ({exc}); recomputing")
         return False
-    marker = json.loads(body)
-    if marker.get("key") != key or marker.get("dir") != rel:
+    except (BotoCoreError, OSError, ValueError, LookupError, TypeError, GdlError, _Unusable) as exc:
+        log(f"shared copy of {rel} not used ({type(exc).__name__}: {exc}); recomputing")
         return False
-    with staging_dir(out) as tmp:
-        for name, entry in marker["files"].items():
-            dest = tmp / safe_relpath(name, "shared file name")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, _key(prefix, rel, name), str(dest))
-            if sha256_file(dest) != entry["sha256"]:
-                raise GdlError(f"shared copy of {rel}/{name} does not match its recorded sha256")
-        (tmp / MARKER).write_bytes(body)
-        replace_dir(tmp, out)
     return True

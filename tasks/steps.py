@@ -4,7 +4,8 @@ Outputs live in `data/<area>/<technique>/<slot>/`. The Prefect flow uses content
 (the first 12 hex digits of the step's key), so runs with other params never overwrite each
 other and a cached result always points at the bytes it describes. `gdl stage` (what dvc.yaml
 calls) uses the fixed slot `dvc`, the paths dvc.yaml declares. Both run the same step functions
-on the same params, so they produce the same data; neither writes where the other one looks.
+on the same params, so they produce the same data, and neither writes into the other's slots
+(both update the shared views: the gallery, the dataset pins, the publish target's latest.json).
 
 A step's key is the digest of: the technique, the step, its params (the fields of this step and
 of every earlier one), the content digests of its upstream outputs, and the code version (the
@@ -27,6 +28,7 @@ from models.files import (
     file_lock,
     read_json,
     replace_dir,
+    safe_relpath,
     sha256_file,
     staging_dir,
     write_json_atomic,
@@ -58,7 +60,11 @@ def data_dir(root: Path | None = None) -> Path:
 
 @cache
 def code_version(technique: str, step: str) -> str:
-    return digest_json({p.name: sha256_file(p) for p in code_files(get(technique), step)})
+    """Digest of the code a step runs: the models modules (as DVC lists them) plus this module
+    and the step's task module, the same files dvc.yaml declares as the stage's deps."""
+    tasks_dir = Path(__file__).resolve().parent
+    files = [*code_files(get(technique), step), tasks_dir / "steps.py", tasks_dir / f"{step}.py"]
+    return digest_json({f"{p.parent.name}/{p.name}": sha256_file(p) for p in files})
 
 
 def params_model(technique: str, params: Mapping[str, Any]):
@@ -93,9 +99,23 @@ def run_dir(root: Path, technique: str, slot: str) -> Path:
     return data_dir(root) / "runs" / technique / slot
 
 
+def local_dir(root: Path, manifest: Manifest) -> Path:
+    """Where a manifest's bytes are on this machine. Manifests can come from shared storage, so
+    their `dir` is checked: a relative path of safe names under data/, nothing else."""
+    rel = safe_relpath(str(manifest.get("dir", "")), "step directory")
+    if not rel.startswith("data/"):
+        raise GdlError(f"step directory {rel!r} is not under data/")
+    return root / rel
+
+
+def slot_lock(out: Path) -> Path:
+    """The lock file guarding a slot (beside it, so replacing the slot keeps the lock)."""
+    return out.parent / f".{out.name}.gdl-lock"
+
+
 def run_dir_of(root: Path, upstream: Mapping[str, Manifest]) -> Path:
     """The run directory a publish step fills: the one holding the sample step's samples/."""
-    return (root / upstream["sample"]["dir"]).parent
+    return local_dir(root, upstream["sample"]).parent
 
 
 def read_marker(out: Path) -> Manifest | None:
@@ -151,9 +171,9 @@ def execute(
     p = t.params_model(**params)
     key = step_key(technique, step, params, upstream)
     out = step_dir(root, technique, step, slot_name(key, dvc))
-    inputs = {name: root / upstream[name]["dir"] for name in UPSTREAM[step]}
+    inputs = {name: local_dir(root, upstream[name]) for name in UPSTREAM[step]}
     logger = log or logging.getLogger("gdl").info
-    with file_lock(out.parent / f".{out.name}.gdl-lock"):
+    with file_lock(slot_lock(out)):
         if not dvc and is_complete(out, key):  # another run finished it while we waited
             return read_marker(out)
         if step in RESUMABLE:

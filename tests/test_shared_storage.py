@@ -6,9 +6,8 @@ import pytest
 from conftest import cached_steps as _cached
 from conftest import cli_env, gdl, write_params
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_a_second_machine_hits_the_cache_of_the_first_through_s3(project, tmp_path, prefect_api, s3):
     import os
 
@@ -34,3 +33,26 @@ def test_a_second_machine_hits_the_cache_of_the_first_through_s3(project, tmp_pa
     run_dir = second.stdout.strip().splitlines()[-1]
     assert run_dir == first.stdout.strip().splitlines()[-1]
     assert (machine_b / run_dir / "report.html").is_file()
+
+
+def test_a_damaged_shared_copy_is_never_used(project, s3, monkeypatch):
+    from conftest import run_steps
+
+    from tasks import shared
+    from tasks.steps import read_marker
+
+    client, bucket = s3
+    monkeypatch.setenv("GDL_SHARED_STORAGE", f"s3://{bucket}/shared")
+    steps = run_steps()
+    processed = project / steps["upstream"]["vectorize"]["dir"]
+    key = read_marker(processed)["key"]
+    assert shared.push_slot(project, processed)
+    client.put_object(
+        Bucket=bucket, Key=f"shared/{steps['upstream']['vectorize']['dir']}/corpus.npy", Body=b"tampered"
+    )
+    import shutil
+
+    shutil.rmtree(processed)
+    notes = []
+    assert shared.pull_slot(project, processed, key, notes.append) is False
+    assert not processed.exists() and "sha256" in notes[0]

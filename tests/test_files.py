@@ -1,0 +1,44 @@
+"""Shared plumbing: hostile names, manifests, redaction, settings from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.datasets import redact
+from models.files import GdlError, dir_manifest, env_number, retry, safe_name
+from tasks.steps import local_dir
+
+
+@pytest.mark.parametrize("name", ["run\n", "../x", "a/b", ".hidden", "", "x" * 200, "a..b"])
+def test_unsafe_names_are_refused(name):
+    with pytest.raises(GdlError):
+        safe_name(name)
+
+
+def test_manifest_ignores_dot_files_and_leftover_staging_dirs(tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / ".step.json").write_text("{}")
+    (tmp_path / ".samples.123.tmp").mkdir()
+    (tmp_path / ".samples.123.tmp" / "half.txt").write_text("half")
+    assert list(dir_manifest(tmp_path)) == ["a.txt"]
+
+
+def test_redact_drops_credentials_and_signatures():
+    url = "https://user:secret@host.example:8443/c.txt?X-Amz-Signature=abc&X-Amz-Credential=k"
+    assert redact(url) == "https://host.example:8443/c.txt"
+    assert redact("/local/path.txt") == "/local/path.txt"
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "/etc/passwd", "data/../../x", "models/x"])
+def test_a_manifest_from_outside_cannot_point_outside_data(tmp_path, bad):
+    with pytest.raises(GdlError):
+        local_dir(tmp_path, {"dir": bad})
+    assert local_dir(tmp_path, {"dir": "data/raw/t/abc"}) == tmp_path / "data/raw/t/abc"
+
+
+def test_numeric_settings_fail_in_one_line(monkeypatch):
+    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "many")
+    with pytest.raises(GdlError, match="GDL_PUBLISH_ATTEMPTS='many' must be a int"):
+        env_number("GDL_PUBLISH_ATTEMPTS", 4, int)
+    with pytest.raises(GdlError, match="at least 1"):
+        retry(lambda: None, attempts=0, backoff=0, retry_on=(OSError,))
