@@ -55,11 +55,14 @@ def _trend(runs: list[dict[str, Any]], metric: str) -> bytes:
     return line_png({metric: values}, "run", metric, size=(5, 2.4))
 
 
+_PREFERRED = ("val_bits_per_char", "val_loss", "train_loss", "epochs")
+
+
 def _trend_metric(runs: list[dict[str, Any]]) -> str | None:
     """The metric to chart: val_bits_per_char, val_loss or train_loss if present, else the first
     number."""
     latest = runs[-1]["metrics"]
-    preferred = [k for k in ("val_bits_per_char", "val_loss", "train_loss") if k in latest]
+    preferred = [k for k in _PREFERRED[:3] if k in latest]
     numeric = [k for k, v in latest.items() if isinstance(v, int | float) and not isinstance(v, bool)]
     choices = preferred or numeric
     return choices[0] if choices else None
@@ -83,7 +86,8 @@ def render_gallery(runs_by_technique: dict[str, list[dict[str, Any]]]) -> str:
         metric = _trend_metric(runs)
         if metric and len(runs) > 1:
             parts.append(f"<img alt='{esc(metric)} per run' src='{png_data_uri(_trend(runs, metric))}'>")
-        keys = [k for k in latest["metrics"] if not isinstance(latest["metrics"][k], dict)][:6]
+        shown = [k for k, v in latest["metrics"].items() if not isinstance(v, dict)]
+        keys = sorted(shown, key=lambda k: _PREFERRED.index(k) if k in _PREFERRED else len(_PREFERRED))[:6]
         head = "".join(f"<th>{esc(k)}</th>" for k in keys)
         rows = []
         for r in reversed(runs):
