@@ -53,6 +53,10 @@ def stack_env(root: Path, host: str, port: int, db_url: str | None) -> dict[str,
     )
     if db_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
+    else:
+        # SQLite serialises writers: give a busy database time instead of answering 503.
+        env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
+        env.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT", "60")
     return env
 
 
