@@ -36,6 +36,11 @@ def transient_only(task, task_run, state) -> bool:
     return False
 
 
+def artifact_key(technique: str, name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes: `text-lstm-summary`."""
+    return f"{technique}-{name}".replace("_", "-").lower()
+
+
 def step_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
     """Cache on (technique, step, params of this and earlier steps, upstream digests, code)."""
     return step_key(parameters["technique"], context.task.name, parameters["params"], parameters["upstream"])
@@ -107,7 +112,7 @@ def report_failure(technique: str, exc: BaseException) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(
-        key=f"{technique.replace('_', '-')}-error",
+        key=artifact_key(technique, "error"),
         markdown=f"# {technique} failed\n\n**{type(exc).__name__}**: {exc}\n",
         description=f"{technique}: error summary",
     )

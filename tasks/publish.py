@@ -49,7 +49,7 @@ from models.files import (
 from models.gallery import GALLERY, collect_runs, local_runs, render_gallery
 from models.registry import get
 from models.report import render_html
-from tasks._prefect import TASK_RETRIES, in_run, logger, transient_only
+from tasks._prefect import TASK_RETRIES, artifact_key, in_run, logger, transient_only
 from tasks.steps import MARKER, Manifest, data_dir, project_root, run_dir_of
 
 MANIFEST = "manifest.json"
@@ -238,7 +238,6 @@ def _artifacts(technique: str, run: Path, report, published: str) -> None:
 
     from models.report import png_data_uri
 
-    slug = technique.replace("_", "-")
     metrics = "\n".join(
         f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in report.metrics.items()
     )
@@ -247,7 +246,7 @@ def _artifacts(technique: str, run: Path, report, published: str) -> None:
     )
     notes = "\n".join(f"> {n}" for n in report.notes)
     create_markdown_artifact(
-        key=f"{slug}-summary",
+        key=artifact_key(technique, "summary"),
         markdown=f"# {report.title}\n\n{notes}\n\nRun directory: `{run}`  \nPublished: "
         f"`{published}`  \nGallery of all runs: `{run.parent.parent / GALLERY}`\n\n"
         f"| metric | value |\n|---|---|\n{metrics}\n\n{excerpts}\n",
@@ -257,10 +256,10 @@ def _artifacts(technique: str, run: Path, report, published: str) -> None:
         rows = [{"line": 0, "text": f"[seed] {prefix}"}] + [
             {"line": n + 1, "text": line} for n, line in enumerate(text.splitlines())
         ]
-        create_table_artifact(key=f"{slug}-sample-{i}", table=rows, description=caption)
+        create_table_artifact(key=artifact_key(technique, f"sample-{i}"), table=rows, description=caption)
     for caption, name, png in report.images:
         create_markdown_artifact(
-            key=f"{slug}-{Path(name).stem.replace('_', '-')}",
+            key=artifact_key(technique, Path(name).stem),
             markdown=f"## {caption}\n\n![{caption}]({png_data_uri(png)})",
             description=caption,
         )

@@ -58,12 +58,16 @@ def data_dir(root: Path | None = None) -> Path:
     return (root or project_root()) / "data"
 
 
+def step_code_files(technique: str, step: str) -> list[Path]:
+    """The code a step runs: its models modules, this module and the step's task module. The
+    Prefect cache key hashes them and dvc.yaml declares them as the stage's deps."""
+    tasks_dir = Path(__file__).resolve().parent
+    return [*code_files(get(technique), step), tasks_dir / "steps.py", tasks_dir / f"{step}.py"]
+
+
 @cache
 def code_version(technique: str, step: str) -> str:
-    """Digest of the code a step runs: the models modules (as DVC lists them) plus this module
-    and the step's task module, the same files dvc.yaml declares as the stage's deps."""
-    tasks_dir = Path(__file__).resolve().parent
-    files = [*code_files(get(technique), step), tasks_dir / "steps.py", tasks_dir / f"{step}.py"]
+    files = step_code_files(technique, step)
     return digest_json({f"{p.parent.name}/{p.name}": sha256_file(p) for p in files})
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks._prefect import in_run, runner, step_cache_key
+from tasks._prefect import artifact_key, in_run, runner, step_cache_key
 from tasks.steps import Manifest
 
 run = runner("train", lambda t, p, ctx: t.train(p, ctx))
@@ -20,7 +20,7 @@ def _progress_artifact(technique: str):
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     artifact_id = create_progress_artifact(
-        progress=0.0, key=f"{technique.replace('_', '-')}-training", description="training"
+        progress=0.0, key=artifact_key(technique, "training"), description="training"
     )
 
     def report(done: int, total: int, logs: Mapping[str, float]) -> None:
