@@ -1,6 +1,6 @@
 # Everyday tasks. Each target bootstraps .venv/ when it is missing (see README).
 PY := .venv/bin/python
-.PHONY: demo test fast lint format bench repro params stack
+.PHONY: demo test fast lint format bench bench-smoke repro params stack
 
 demo:            ## the demo pipeline (offline, CPU), prints where the reports are
 	python3 -m flows.bootstrap demo
@@ -14,6 +14,8 @@ format:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 bench:           ## side-by-side performance runs (not part of the tests' pass/fail)
 	python3 -m flows.bootstrap env && $(PY) benchmarks/text_sampling.py
+bench-smoke:     ## the benchmarks at toy sizes: do they still run? (not in the test suite)
+	python3 -m flows.bootstrap env && $(PY) -m pytest -q benchmarks
 repro:           ## reproduce every DVC stage of the default profile
 	python3 -m flows.bootstrap env && PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/dvc repro
 params:          ## regenerate params.yaml and dvc.yaml from the parameter models and registry

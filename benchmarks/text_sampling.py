@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from models import offline  # noqa: E402
 from models.datasets import decode_text, get_dataset  # noqa: E402
 from models.text_lstm import TextSampler, build_model, encode, reweight, split_starts  # noqa: E402
 
@@ -99,8 +100,9 @@ def main() -> None:
     args = ap.parse_args()
 
     dataset = get_dataset("nietzsche")
-    text = decode_text(dataset.offline(), "offline corpus").lower()[: args.max_chars]
-    print(f"corpus: {dataset.offline_description}: {len(text)} characters")
+    text = decode_text(offline.load(dataset.offline.loader, dataset.offline.args), "offline corpus")
+    text = text.lower()[: args.max_chars]
+    print(f"corpus: {dataset.offline.description}: {len(text)} characters")
 
     book_peak = peak_bytes(book_vectorize, text, args.maxlen, args.step)
     our_peak = peak_bytes(our_vectorize, text, args.maxlen, args.step)

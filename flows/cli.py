@@ -79,7 +79,9 @@ def cmd_stage(args) -> None:
     params = resolve_params(args.technique, None, None)
     module = importlib.import_module(f"tasks.{args.step}")
     result = module.run(args.technique, params, dvc_upstream(args.technique, args.step), dvc=True)
-    print(result.get("run_dir") or result["dir"])
+    print(
+        result.get("run_dir") or result.get("dir") or ", ".join(e["dir"] for e in result["inputs"].values())
+    )
 
 
 def cmd_params(args) -> None:

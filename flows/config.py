@@ -17,7 +17,7 @@ from models.params import (
     validate,
 )
 from models.registry import get, techniques
-from tasks.steps import project_root
+from tasks.steps import project_root, resolve_inputs
 
 PARAMS_FILE = "params.yaml"
 
@@ -51,7 +51,9 @@ def resolve_params(
         section, _, name = dotted.partition(".")
         if section == technique:
             values[name] = value
-    return validate(technique, t.params_model, values).model_dump(mode="json")
+    p = validate(technique, t.params_model, values)
+    resolve_inputs(t, p)  # an unknown dataset or a bad source fails here, naming the parameter
+    return p.model_dump(mode="json")
 
 
 def check_all(profile: str | None, overrides: Mapping[str, Any]) -> None:
@@ -64,5 +66,19 @@ def render_params() -> str:
     return render_params_yaml({name: (t.params_model, t.demo_overrides) for name, t in techniques().items()})
 
 
+def render_techniques_table() -> str:
+    """Markdown table of the registered techniques: name, datasets per profile, inputs, summary."""
+    lines = ["| technique | inputs (full → demo) | what it does |", "| --- | --- | --- |"]
+    for name, t in techniques().items():
+        full, demo = (t.active_inputs(t.profile_params(p)) for p in ("full", "demo"))
+        inputs = "; ".join(
+            f"{i}: `{full[i][0]}` {full[i][1]} → {demo[i][1] if i in demo else 'none'}" if i in full else i
+            for i in t.inputs
+        )
+        lines.append(f"| `{name}` | {inputs} | {t.summary} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_params_reference() -> str:
-    return render_reference({name: (t.params_model, t.demo_overrides) for name, t in techniques().items()})
+    params = render_reference({name: (t.params_model, t.demo_overrides) for name, t in techniques().items()})
+    return render_techniques_table() + "\n" + params

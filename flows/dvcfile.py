@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from models.datasets import CATALOG
 from models.params import STEPS
 from models.registry import techniques
 from tasks.steps import DVC_SLOT, UPSTREAM, run_dir, step_code_files, step_dir
@@ -28,17 +29,17 @@ def stages(root: Path) -> dict:
         for step in STEPS:
             deps = [p.relative_to(pkg_root).as_posix() for p in step_code_files(name, step)]
             deps += [_rel(step_dir(root, name, up, DVC_SLOT), root) for up in UPSTREAM[step]]
-            stage = {
-                "cmd": f"gdl stage {name} {step}",
-                "deps": deps,
-                "params": ["profile"]
-                + [f"${{profile}}.{name}.{f}" for f in t.params_model.fields_for_step(step)],
-            }
+            params: list = ["profile"] + [
+                f"${{profile}}.{name}.{f}" for f in t.params_model.fields_for_step(step)
+            ]
+            if step == "download":  # each catalog entry the technique reads, as a parameter
+                params.append({_rel(CATALOG, pkg_root): list(t.dataset_names)})
+            stage = {"cmd": f"gdl stage {name} {step}", "deps": deps, "params": params}
             if step == "publish":
                 run = run_dir(root, name, DVC_SLOT)
                 stage["outs"] = [_rel(run / f, root) for f in ("params.json", "report.html", "manifest.json")]
                 stage["metrics"] = [{_rel(run / "metrics.json", root): {"cache": False}}]
-                stage["plots"] = [{_rel(run / "history.csv", root): {"cache": False, "x": "epoch"}}]
+                stage["plots"] = [{_rel(run / "history.csv", root): {"cache": False, "x": t.history_x}}]
             elif step == "train":
                 # Persisted so an interrupted `dvc repro` resumes from the last epoch.
                 stage["outs"] = [{_rel(step_dir(root, name, step, DVC_SLOT), root): {"persist": True}}]

@@ -26,9 +26,9 @@ def technique_flow(
         params = resolve_params(technique, profile, overrides)
         raw = call(download, technique, params)
         processed = call(vectorize, technique, params, {"download": raw})
-        model = call(train, technique, params, {"vectorize": processed})
-        samples = call(sample, technique, params, {"vectorize": processed, "train": model})
-        upstream = {"vectorize": processed, "train": model, "sample": samples}
+        model = call(train, technique, params, {"download": raw, "vectorize": processed})
+        samples = call(sample, technique, params, {"download": raw, "vectorize": processed, "train": model})
+        upstream = {"download": raw, "vectorize": processed, "train": model, "sample": samples}
         return call(publish, technique, params, upstream)
     except Exception as exc:
         report_failure(technique, exc)  # the UI shows why, not just "Failed"

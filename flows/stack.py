@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from flows.deployments import CPU_POOL, GPU_POOL
-from models.files import GdlError
+from models.files import GdlError, env_number
 
 
 def _prefect() -> str:
@@ -47,7 +47,7 @@ def stack_env(root: Path, host: str, port: int, db_url: str | None) -> dict[str,
         PREFECT_SERVER_API_HOST=host,
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT),
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(heartbeat_seconds()),
         DO_NOT_TRACK="1",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
@@ -73,37 +73,45 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise GdlError(f"the Prefect server did not answer {url} within {timeout:.0f} s")
 
 
-# Flow runs send a heartbeat every HEARTBEAT seconds; a run whose heartbeats stop (its machine or
-# worker was killed) is marked Crashed by this automation, so it never stays "Running" forever.
+# Flow runs send a heartbeat every GDL_HEARTBEAT_SECONDS (default 30); a run whose heartbeats stop
+# (its machine or worker was killed) is marked Crashed after three missed ones by this automation,
+# so it never stays "Running" forever.
 HEARTBEAT = 30
-ZOMBIE_AUTOMATION = {
-    "name": "gdl: crash flow runs whose heartbeats stopped",
-    "description": "Created by `gdl stack up`.",
-    "enabled": True,
-    "trigger": {
-        "type": "event",
-        "posture": "Proactive",
-        "after": ["prefect.flow-run.heartbeat"],
-        "expect": [
-            "prefect.flow-run.heartbeat",
-            "prefect.flow-run.Completed",
-            "prefect.flow-run.Failed",
-            "prefect.flow-run.Cancelled",
-            "prefect.flow-run.Crashed",
+
+
+def heartbeat_seconds() -> int:
+    return int(env_number("GDL_HEARTBEAT_SECONDS", HEARTBEAT, int))
+
+
+def zombie_automation(heartbeat: int) -> dict:
+    return {
+        "name": f"gdl: crash flow runs whose heartbeats stopped for {3 * heartbeat} s",
+        "description": "Created by `gdl stack up`.",
+        "enabled": True,
+        "trigger": {
+            "type": "event",
+            "posture": "Proactive",
+            "after": ["prefect.flow-run.heartbeat"],
+            "expect": [
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            ],
+            "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+            "for_each": ["prefect.resource.id"],
+            "threshold": 1,
+            "within": 3 * heartbeat,
+        },
+        "actions": [
+            {
+                "type": "change-flow-run-state",
+                "state": "CRASHED",
+                "message": f"No heartbeat for {3 * heartbeat} s: the worker or its machine is gone.",
+            }
         ],
-        "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
-        "for_each": ["prefect.resource.id"],
-        "threshold": 1,
-        "within": 3 * HEARTBEAT,
-    },
-    "actions": [
-        {
-            "type": "change-flow-run-state",
-            "state": "CRASHED",
-            "message": f"No heartbeat for {3 * HEARTBEAT} s: the worker or its machine is gone.",
-        }
-    ],
-}
+    }
 
 
 def _ensure_zombie_automation(api: str) -> None:
@@ -119,8 +127,9 @@ def _ensure_zombie_automation(api: str) -> None:
 
     try:
         existing = call("/automations/filter", {})
-        if not any(a["name"] == ZOMBIE_AUTOMATION["name"] for a in existing):
-            call("/automations/", ZOMBIE_AUTOMATION)
+        automation = zombie_automation(heartbeat_seconds())
+        if not any(a["name"] == automation["name"] for a in existing):
+            call("/automations/", automation)
     except OSError as exc:  # HTTPError and URLError are OSErrors
         raise GdlError(f"could not create the crashed-run automation on {api}: {exc}") from None
 

@@ -1,15 +1,19 @@
-"""The dataset catalog and fetching: remote sources (HTTP(S), s3://, local files) and offline ones.
+"""The dataset catalog and fetching: remote sources (HTTP(S), s3://, local files and folders) and
+offline ones, checked per kind before anything lands.
 
-Every dataset names a remote source (the book's) and an offline stand-in that an installed package
-ships. A technique's `source` parameter picks one: `remote`, `offline`, or a location of the
-user's own (`https://...`, `s3://bucket/key`, `/path/to/file`). Fetches are atomic (temp file,
-checked, then renamed), verified (sha256 where known; otherwise the first download pins the hash
-and later ones must match) and retried with backoff on transient failures.
+The catalog (`models/catalog.yaml`) names every input a technique can read. A technique's input
+picks its source: `remote` (the entry's original), `offline` (a packaged stand-in), or a location
+of the user's own: `https://...`, `s3://bucket/key`, `s3://bucket/prefix/` (a folder), a local
+file or folder. Archives (`.zip`, `.tar.gz`, ...) given for a folder input are extracted safely
+(models/archives.py). Fetches are atomic (built in a staging folder, checked, then renamed),
+verified (sha256 where known; otherwise the first download pins the digest and later ones must
+match) and retried with backoff on transient failures only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import os
 import shutil
@@ -17,67 +21,185 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models.files import (
     GdlError,
     RetryableError,
+    digest_json,
+    dir_manifest,
     env_number,
     file_lock,
     read_json,
     retry,
     s3_endpoint,
     safe_name,
+    safe_relpath,
     sha256_file,
     write_json_atomic,
 )
 
+CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
+Kind = Literal["text", "image", "images", "arrays", "archive", "weights"]
+FOLDER_KINDS = ("images", "archive")  # inputs that land as a folder, not one file
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
-@dataclass(frozen=True)
-class Dataset:
-    name: str
+
+class Offline(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loader: str
+    args: dict[str, Any] = {}
     description: str
-    filename: str  # name of the file in the raw directory
-    remote: str  # URL or s3:// location of the book's data
-    remote_sha256: str | None  # None: pinned by the first download
-    offline: Callable[[], bytes]  # bytes of the offline stand-in, from an installed package
-    offline_description: str
-    kind: str = "text"  # how downloaded bytes are checked before they are accepted
 
 
-DATASETS: dict[str, Dataset] = {}
+class Dataset(BaseModel):
+    """One catalog entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: Kind
+    description: str
+    file: str
+    remote: str | None = None
+    sha256: str | None = None
+    offline: Offline | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        return self.kind in FOLDER_KINDS
 
 
-def register_dataset(dataset: Dataset) -> Dataset:
-    DATASETS[dataset.name] = dataset
-    return dataset
+@cache
+def _catalog(mtime_ns: int) -> dict[str, Dataset]:
+    data = yaml.safe_load(CATALOG.read_text()) or {}
+    if not isinstance(data, dict):
+        raise GdlError(f"{CATALOG} must map dataset names to entries")
+    found = {}
+    for name, entry in data.items():
+        try:
+            if not str(name).isidentifier() or name == "dvc":  # data/raw/dvc holds DVC's slots
+                raise GdlError(f"{CATALOG}: dataset name {name!r} must be an identifier other than 'dvc'")
+            found[name] = Dataset(name=name, **(entry or {}))
+            safe_name(found[name].file, f"file name of dataset {name}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise GdlError(
+                f"{CATALOG}: entry {name!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+            ) from None
+    return found
+
+
+def catalog() -> dict[str, Dataset]:
+    """Every catalog entry (re-read when catalog.yaml changes)."""
+    return _catalog(CATALOG.stat().st_mtime_ns)
 
 
 def get_dataset(name: str) -> Dataset:
-    if name not in DATASETS:
-        raise GdlError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    entries = catalog()
+    if name not in entries:
+        raise GdlError(f"unknown dataset {name!r}; available: {', '.join(sorted(entries))}")
+    return entries[name]
 
 
-def _pydoc_topics() -> bytes:
-    from pydoc_data.topics import topics
+def catalog_entry(name: str) -> dict[str, Any]:
+    """The raw catalog entry as written in catalog.yaml (what DVC tracks as a parameter)."""
+    return yaml.safe_load(CATALOG.read_text())[name]
 
-    return "\n\n".join(topics[key].strip() for key in sorted(topics)).encode("utf-8")
+
+# ---------------------------------------------------------------------------------------------
+# Sources
 
 
-register_dataset(
-    Dataset(
-        name="nietzsche",
-        description="Nietzsche's collected works in English (Chollet 8.1): ~600k characters",
-        filename="corpus.txt",
-        remote="https://s3.amazonaws.com/text-datasets/nietzsche.txt",
-        remote_sha256=None,
-        offline=_pydoc_topics,
-        offline_description="CPython's pydoc_data.topics: ~465k characters of English prose",
-    )
-)
+def redact(location: str) -> str:
+    """A location fit for logs and reports: no user:password@, no query (presigned signatures)."""
+    parsed = urllib.parse.urlsplit(location)
+    if not parsed.scheme or "://" not in location:
+        return location
+    host = parsed.hostname or ""
+    if parsed.port:
+        host += f":{parsed.port}"
+    return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
+
+
+def _local_path(location: str) -> Path:
+    return Path(location[len("file://") :] if location.startswith("file://") else location).expanduser()
+
+
+def resolve_location(dataset: Dataset, source: str) -> str:
+    """Where `source` reads `dataset` from; raises GdlError saying what is valid.
+
+    Checked before any work starts, so a typo fails in one line instead of after a server start.
+    """
+    if source == "remote":
+        if not dataset.remote:
+            raise GdlError(f"dataset {dataset.name} has no remote source; give a location of your own")
+        return dataset.remote
+    if source == "offline":
+        if dataset.offline is None:
+            raise GdlError(
+                f"dataset {dataset.name} has no offline source (no installed package ships it); "
+                "use remote or a location of your own"
+            )
+        return "offline:" + dataset.name
+    if source.startswith(("http://", "https://")):
+        if not urllib.parse.urlsplit(source).hostname:
+            raise GdlError(f"source {redact(source)!r} has no host")
+        return source
+    if source.startswith("s3://"):
+        parsed = urllib.parse.urlsplit(source)
+        if not parsed.netloc or not parsed.path.strip("/"):
+            raise GdlError(f"bad S3 location {source!r}: expected s3://bucket/key (or s3://bucket/prefix/)")
+        if source.endswith("/") and not dataset.is_folder:
+            raise GdlError(f"{source}: an S3 prefix is a folder, but dataset {dataset.name} is one file")
+        return source
+    if "://" in source and not source.startswith("file://"):
+        raise GdlError(
+            f"unsupported source {redact(source)!r}: use remote, offline, http(s)://, s3:// or a local path"
+        )
+    path = _local_path(source)
+    if path.is_dir():
+        if not dataset.is_folder:
+            raise GdlError(
+                f"source {path} is a folder, but dataset {dataset.name} is one {dataset.kind} file"
+            )
+    elif not path.is_file():
+        raise GdlError(f"source {path} does not exist")
+    return source
+
+
+def describe_source(dataset: Dataset, location: str) -> str:
+    """One line saying what a location is, for reports: the original, the stand-in, or yours."""
+    if location.startswith("offline:"):
+        return f"offline stand-in for {dataset.name}: {dataset.offline.description}"
+    if location == dataset.remote:
+        return f"{dataset.name}: {dataset.description} (from {redact(location)})"
+    return f"{dataset.name} replaced by {redact(location)}"
+
+
+def identity(dataset: Dataset, location: str) -> dict[str, Any]:
+    """What determines the bytes of a download: the entry's kind and file name, the location,
+    and for offline sources the loader and its code. Descriptions are left out: rewording an
+    entry changes no download."""
+    ident: dict[str, Any] = {"kind": dataset.kind, "file": dataset.file, "location": location}
+    if location == dataset.remote:
+        ident["sha256"] = dataset.sha256
+    if location.startswith("offline:"):
+        from models import codeversion, offline
+
+        loader = offline.LOADERS.get(dataset.offline.loader)
+        ident["offline"] = dataset.offline.model_dump(exclude={"description"})
+        ident["loader_code"] = codeversion.digest(codeversion.roots_of(loader)) if loader else None
+    return ident
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,11 +225,111 @@ def decode_text(data: bytes, origin: str) -> str:
     return text
 
 
-_CHECKS: dict[str, Callable[[bytes, str], object]] = {"text": decode_text}
+_IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path, origin: str | None = None):
+    """An IDX array (MNIST's original format), optionally gzipped."""
+    import numpy as np
+
+    origin = origin or path.name
+    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise GdlError(f"IDX file {origin} is corrupt ({exc})") from None
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_TYPES:
+        raise GdlError(f"{origin} is not an IDX file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header:
+        raise GdlError(f"IDX file {origin} has a truncated header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise GdlError(f"IDX file {origin} holds {len(data) - header} data bytes; its header says {expected}")
+    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def load_arrays(path: Path, origin: str | None = None) -> dict[str, Any]:
+    """The arrays of an `.npz` (by name; pickled objects refused) or an IDX file (as "data")."""
+    import numpy as np
+
+    origin = origin or path.name
+    if zipfile.is_zipfile(path):
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
+        except ValueError as exc:  # object arrays need pickle: refused, they can run code
+            raise GdlError(f"{origin}: {exc}") from None
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise GdlError(f"{origin} is not a readable .npz file ({exc})") from None
+    return {"data": read_idx(path, origin)}
+
+
+def _check_arrays(path: Path, origin: str) -> None:
+    arrays = load_arrays(path, origin)
+    if not arrays:
+        raise GdlError(f"{origin} holds no arrays")
+
+
+def _check_weights(path: Path, origin: str) -> None:
+    head = path.read_bytes()[:8]
+    # torch checkpoints (pickle or zip), HDF5 (.h5 / .weights.h5) and .keras (zip) files
+    if not (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or head == b"\x89HDF\r\n\x1a\n"):
+        raise GdlError(
+            f"{origin} is not a weights file (expected a torch .pth, an HDF5 .h5 or a .keras file)"
+        )
+
+
+def _check_image(path: Path, origin: str) -> None:
+    from models.images import check_image
+
+    check_image(path, origin=origin)
+
+
+def _check_text(path: Path, origin: str) -> None:
+    decode_text(path.read_bytes(), origin)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images of a folder, recursively, in a stable order (dot-names skipped)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _check_images(folder: Path, origin: str) -> None:
+    found = image_files(folder)
+    if not found:
+        raise GdlError(f"{origin} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    for path in found:
+        _check_image(path, f"{origin}: {path.relative_to(folder).as_posix()}")
+
+
+def _check_folder(folder: Path, origin: str) -> None:
+    if not dir_manifest(folder):
+        raise GdlError(f"{origin} is empty")
+
+
+_CHECKS: dict[str, Callable[[Path, str], None]] = {
+    "text": _check_text,
+    "image": _check_image,
+    "images": _check_images,
+    "arrays": _check_arrays,
+    "archive": _check_folder,
+    "weights": _check_weights,
+}
 
 
 # ---------------------------------------------------------------------------------------------
-# Fetching
+# Transfers
 
 
 class TransientError(Exception):
@@ -161,15 +383,11 @@ def s3_client(timeout: float = 60.0, attempts: int = 1):
     return boto3.client("s3", endpoint_url=endpoint or None, config=config)
 
 
-def _s3_to(location: str, dest: Path, timeout: float) -> None:
+def _s3_call(location: str, call: Callable[[], None]) -> None:
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-    parsed = urllib.parse.urlparse(location)
-    bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    if not bucket or not key:
-        raise GdlError(f"bad S3 location {location!r}: expected s3://bucket/key")
     try:
-        s3_client(timeout).download_file(bucket, key, str(dest))
+        call()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
@@ -179,12 +397,83 @@ def _s3_to(location: str, dest: Path, timeout: float) -> None:
         raise TransientError(f"{type(exc).__name__}: {exc}") from None
 
 
-def _local_to(location: str, dest: Path) -> None:
-    path = Path(location[len("file://") :] if location.startswith("file://") else location)
-    path = path.expanduser()
-    if not path.is_file():
-        raise GdlError(f"source file {path} does not exist")
-    shutil.copyfile(path, dest)
+def _s3_to(location: str, dest: Path, timeout: float) -> None:
+    parsed = urllib.parse.urlparse(location)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    _s3_call(location, lambda: s3_client(timeout).download_file(bucket, key, str(dest)))
+
+
+def _s3_prefix_to(location: str, dest: Path, timeout: float) -> None:
+    """Every object under an S3 prefix into the folder `dest`; keys are checked like any outside
+    name (no traversal) and the count and sizes are bounded like an archive's."""
+    from models.archives import ArchiveLimits
+
+    limits = ArchiveLimits.from_env()
+    parsed = urllib.parse.urlparse(location)
+    bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+
+    def copy() -> None:
+        client = s3_client(timeout)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        count = total = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix) :]
+                if not rel or rel.endswith("/"):
+                    continue
+                if any(part.startswith(".") for part in rel.split("/")):
+                    continue  # metadata, never content (as in archives)
+                count, total = count + 1, total + obj["Size"]
+                if count > limits.max_members or total > limits.max_total_bytes:
+                    raise GdlError(f"{location}: more objects or bytes than the archive limits allow")
+                if obj["Size"] > limits.max_file_bytes:
+                    raise GdlError(f"{location}: object {rel!r} is larger than the per-file limit")
+                target = dest / safe_relpath(rel, f"object name under {location}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, obj["Key"], str(target))
+        if count == 0:
+            raise GdlError(f"{location} holds no objects")
+
+    _s3_call(location, copy)
+
+
+def _local_dir_to(src: Path, dest: Path) -> None:
+    """Copy a local folder: regular files only (a symlink could point anywhere), bounded."""
+    from models.archives import ArchiveLimits
+
+    limits = ArchiveLimits.from_env()
+    count = total = 0
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_symlink():
+            raise GdlError(f"source folder {src}: {rel.as_posix()} is a symbolic link; copy real files")
+        if path.is_dir():
+            continue
+        count, total = count + 1, total + path.stat().st_size
+        if count > limits.max_members or total > limits.max_total_bytes:
+            raise GdlError(f"source folder {src} holds more files or bytes than the limits allow")
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    if count == 0:
+        raise GdlError(f"source folder {src} holds no files")
+
+
+def _write_content(content: Any, dest: Path) -> None:
+    """Write an offline loader's result: bytes, a file to copy, or {relative path: bytes}."""
+    if isinstance(content, bytes):
+        dest.write_bytes(content)
+    elif isinstance(content, Path):
+        shutil.copyfile(content, dest)
+    else:
+        dest.mkdir()
+        for rel, data in content.items():
+            target = dest / safe_relpath(rel, "offline file name")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
 
 
 def _retrying(
@@ -209,32 +498,9 @@ def _retrying(
         ) from None
 
 
-def redact(location: str) -> str:
-    """A location fit for logs and reports: no user:password@, no query (presigned signatures)."""
-    parsed = urllib.parse.urlsplit(location)
-    if not parsed.scheme or "://" not in location:
-        return location
-    host = parsed.hostname or ""
-    if parsed.port:
-        host += f":{parsed.port}"
-    return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
-
-
-def resolve_location(dataset: Dataset, source: str) -> str:
-    if source == "remote":
-        return dataset.remote
-    if source == "offline":
-        return "offline:" + dataset.name
-    return source
-
-
-def _pin_file(raw_root: Path) -> Path:
-    return raw_root / "pins.json"
-
-
 def _check_pin(raw_root: Path, location: str, digest: str) -> None:
     """Trust on first use: remember the digest of a remote location, reject later changes."""
-    pins_path = _pin_file(raw_root)
+    pins_path = raw_root / "pins.json"
     with file_lock(pins_path.with_suffix(".lock")):
         pins = read_json(pins_path) if pins_path.exists() else {}
         pinned = pins.get(location)
@@ -248,50 +514,72 @@ def _check_pin(raw_root: Path, location: str, digest: str) -> None:
             )
 
 
+def _transfer(dataset: Dataset, location: str, dest: Path, policy: FetchPolicy, log) -> None:
+    """Bring the bytes of `location` to `dest` (a file, or a folder for folder sources)."""
+    if location.startswith("offline:"):
+        from models import offline
+
+        _write_content(offline.load(dataset.offline.loader, dataset.offline.args), dest)
+    elif location.startswith(("http://", "https://")):
+        _retrying(lambda: _http_to(location, dest, policy.timeout), location, policy, log)
+    elif location.startswith("s3://") and location.endswith("/"):
+        _retrying(lambda: _s3_prefix_to(location, dest, policy.timeout), location, policy, log)
+    elif location.startswith("s3://"):
+        _retrying(lambda: _s3_to(location, dest, policy.timeout), location, policy, log)
+    else:
+        path = _local_path(location)
+        if path.is_dir():
+            _local_dir_to(path, dest)
+        elif path.is_file():
+            shutil.copyfile(path, dest)
+        else:
+            raise GdlError(f"source {path} does not exist")
+
+
 def fetch(
     dataset: Dataset,
-    source: str,
+    location: str,
     dest_dir: Path,
     raw_root: Path,
     policy: FetchPolicy | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, str]:
-    """Fetch `dataset` from `source` into `dest_dir/<filename>`; return location and sha256.
+) -> dict[str, Any]:
+    """Fetch `dataset` from `location` (see `resolve_location`) into `dest_dir/<file>`.
 
-    Nothing lands in `dest_dir` unless the bytes arrived whole, match the known or pinned hash
-    and pass the dataset's content check.
+    Nothing lands in `dest_dir` unless the bytes arrived whole, match the known or pinned digest,
+    were extracted safely (archives given for a folder input) and pass the kind's content check.
+    Returns what the report and the cache need: location (redacted), sha256, file, kind.
     """
-    policy = policy or FetchPolicy.from_env()
-    location = resolve_location(dataset, source)
-    filename = safe_name(dataset.filename, "dataset file name")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=dest_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        if location.startswith("offline:"):
-            tmp.write_bytes(dataset.offline())
-        elif location.startswith(("http://", "https://")):
-            _retrying(lambda: _http_to(location, tmp, policy.timeout), location, policy, log)
-        elif location.startswith("s3://"):
-            _retrying(lambda: _s3_to(location, tmp, policy.timeout), location, policy, log)
-        elif "://" in location and not location.startswith("file://"):
-            raise GdlError(
-                f"unsupported source {location!r}: use remote, offline, http(s)://, s3:// or a path"
-            )
-        else:
-            _local_to(location, tmp)
+    from models.archives import archive_format, extract_archive
 
-        digest = sha256_file(tmp)
-        if location == dataset.remote and dataset.remote_sha256 and digest != dataset.remote_sha256:
-            raise GdlError(
-                f"{redact(location)}: sha256 {digest} does not match the expected {dataset.remote_sha256}"
-            )
-        _CHECKS[dataset.kind](tmp.read_bytes(), location)
+    policy = policy or FetchPolicy.from_env()
+    shown = redact(location)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dataset.file}.", suffix=".part", dir=dest_dir))
+    try:
+        got = work / "download"
+        _transfer(dataset, location, got, policy, log)
+        if got.is_file():
+            digest = sha256_file(got)
+            if location == dataset.remote and dataset.sha256 and digest != dataset.sha256:
+                raise GdlError(f"{shown}: sha256 {digest} does not match the expected {dataset.sha256}")
+        else:
+            digest = digest_json(dir_manifest(got))
         if location.startswith(("http://", "https://", "s3://")):
-            _check_pin(raw_root, redact(location), digest)
-        os.replace(tmp, dest_dir / filename)
+            _check_pin(raw_root, shown, digest)
+        result = work / "result"
+        if dataset.is_folder and got.is_file():
+            if archive_format(got) is None:
+                raise GdlError(
+                    f"{shown} is neither a folder nor a zip/tar archive; dataset {dataset.name} is a folder "
+                    f"of {dataset.kind}"
+                )
+            extract_archive(got, result, origin=shown)
+        else:
+            os.replace(got, result)
+        _CHECKS[dataset.kind](result, shown)
+        os.replace(result, dest_dir / safe_name(dataset.file, "dataset file name"))
     finally:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return {"location": redact(location), "sha256": digest, "file": filename}
+            shutil.rmtree(work)
+    return {"location": shown, "sha256": digest, "file": dataset.file, "kind": dataset.kind}

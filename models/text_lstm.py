@@ -21,15 +21,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import field_validator
 
-from models.datasets import decode_text, get_dataset, redact
-from models.files import GdlError, digest_json, sha256_file, write_json_atomic
+from models.datasets import decode_text
+from models.files import GdlError, write_json_atomic
 from models.params import TechniqueParams, param
-from models.registry import StepContext, Technique, register
-from models.report import Report, curves_png
+from models.registry import Input, StepContext, Technique, register
+from models.report import Curve, Report, Table, Text
 from models.training import FINAL, configure_runtime, fit_resumable, load_model
 
 CORPUS, VOCAB, META = "corpus.npy", "vocab.json", "meta.json"
 SAMPLES_JSON = "samples.json"
+EPOCH_WEIGHTS = "epochs"  # per-epoch weights, sampled by the sample step (the book's per-epoch text)
 
 
 class TextLSTMParams(TechniqueParams):
@@ -65,6 +66,13 @@ class TextLSTMParams(TechniqueParams):
     sample_length: int = param(
         400, "sample", "Characters generated per temperature (Chollet 8.1: 400).", ge=1
     )
+    epoch_sample_length: int = param(
+        400,
+        "sample",
+        "Characters generated per temperature from each epoch's weights, to show the text improve "
+        "(Chollet 8.1 samples after every epoch: 400); 0 samples only the final model.",
+        ge=0,
+    )
     sampler: Literal["window", "stateful"] = param(
         "window",
         "sample",
@@ -93,6 +101,21 @@ DEMO = {
     "step": 4,
     "unroll": True,
     "epochs": 4,
+    "epoch_sample_length": 200,
+}
+
+TINY = {
+    # Seconds on a CPU, every code path: what the tests run.
+    "max_chars": 4000,
+    "maxlen": 12,
+    "step": 3,
+    "validation_split": 0.1,
+    "lstm_units": 16,
+    "unroll": False,
+    "batch_size": 64,
+    "epochs": 2,
+    "sample_length": 40,
+    "epoch_sample_length": 20,
 }
 
 
@@ -131,7 +154,7 @@ def encode(text: str) -> tuple[np.ndarray, list[str]]:
 
 
 def vectorize(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
-    raw = ctx.inputs["download"] / get_dataset(p.dataset).filename
+    raw = ctx.inputs["corpus"]
     text = decode_text(raw.read_bytes(), str(raw)).lower()
     if p.max_chars:
         text = text[: p.max_chars]
@@ -225,20 +248,24 @@ def make_dataset(
 def train(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
     import keras
 
-    processed = ctx.inputs["vectorize"]
+    processed = ctx.upstream["vectorize"]
     device = configure_runtime(p.device, p.mixed_precision, ctx.log)
     ids, vocab = load_corpus(processed)
     train_starts, val_starts = split_starts(len(ids), p.maxlen, p.step, p.validation_split)
-    fingerprint = digest_json({"params": p.subset("train"), "corpus": sha256_file(processed / CORPUS)})
 
     def new_model():
         keras.utils.set_random_seed(p.seed)
         return build_model(p.maxlen, len(vocab), p.lstm_units, p.learning_rate, p.jit_compile, p.unroll)
 
     val = make_dataset(ids, val_starts, p.maxlen, len(vocab), p.batch_size) if len(val_starts) else None
+    # The weights after every epoch, for the sample step to show how the text improves.
+    (ctx.out / EPOCH_WEIGHTS).mkdir(exist_ok=True)
+    keep_epochs = keras.callbacks.ModelCheckpoint(
+        str(ctx.out / EPOCH_WEIGHTS / "epoch-{epoch:04d}.weights.h5"), save_weights_only=True
+    )
     result = fit_resumable(
         ckpt_dir=ctx.out,
-        fingerprint=fingerprint,
+        fingerprint=ctx.key,
         epochs=p.epochs,
         build_model=new_model,
         train_data=lambda epoch: make_dataset(
@@ -246,6 +273,8 @@ def train(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
         ),
         val_data=val,
         samples_per_epoch=len(train_starts),
+        steps_per_epoch=math.ceil(len(train_starts) / p.batch_size),
+        callbacks=[keep_epochs],
         progress=ctx.progress,
         log=ctx.log,
     )
@@ -368,8 +397,8 @@ class TextSampler:
 
 
 def sample(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
-    ids, vocab = load_corpus(ctx.inputs["vectorize"])
-    model = load_model(ctx.inputs["train"] / FINAL)
+    ids, vocab = load_corpus(ctx.upstream["vectorize"])
+    model = load_model(ctx.upstream["train"] / FINAL)
     # As in the book: one random seed window of the corpus, continued at every temperature.
     start = int(np.random.default_rng(p.seed).integers(0, len(ids) - p.maxlen))
     seed_ids = ids[start : start + p.maxlen]
@@ -381,13 +410,27 @@ def sample(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
     texts = {}
     for temperature, row in zip(p.temperatures, generated, strict=True):
         text = "".join(vocab[i] for i in row)
-        texts[f"{temperature:g}"] = text
-        (ctx.out / f"temperature_{temperature:g}.txt").write_text(seed_text + text, encoding="utf-8")
+        texts[repr(temperature)] = text
+        (ctx.out / f"temperature_{temperature!r}.txt").write_text(seed_text + text, encoding="utf-8")
+    # The book's per-epoch samples, from the weights train kept after every epoch.
+    per_epoch = []
+    if p.epoch_sample_length:
+        for weights in sorted((ctx.upstream["train"] / EPOCH_WEIGHTS).glob("epoch-*.weights.h5")):
+            model.load_weights(weights)
+            rows = TextSampler(model).generate(
+                seed_ids, p.temperatures, p.epoch_sample_length, p.sampler, p.seed
+            )
+            epoch = int(weights.name.split("-")[1].split(".")[0])
+            per_epoch += [
+                {"epoch": epoch, "temperature": t, "text": "".join(vocab[i] for i in row)}
+                for t, row in zip(p.temperatures, rows, strict=True)
+            ]
     summary = {
         "seed_text": seed_text,
         "seed_start": start,
         "sampler": p.sampler,
         "texts": texts,
+        "per_epoch": per_epoch,
         "chars_per_s": generated.size / seconds,
     }
     write_json_atomic(ctx.out / SAMPLES_JSON, summary)
@@ -419,27 +462,31 @@ def report(p: TextLSTMParams, dirs: dict[str, Path]) -> Report:
         "vocabulary": meta["vocabulary"],
         "device": final["device"],
     }
-    dataset = get_dataset(p.dataset)
-    if p.source == "offline":
-        corpus = f"offline stand-in for {dataset.name}: {dataset.offline_description}"
-    else:
-        corpus = f"{dataset.name} from {redact(p.source) if p.source != 'remote' else dataset.remote}"
+    sections = [
+        Curve(
+            "Loss per epoch",
+            "loss_curve.png",
+            {k: history[k] for k in ("loss", "val_loss") if k in history},
+            x="epoch",
+            y="cross-entropy (nats/char)",
+        ),
+        *(
+            Text(
+                f"Temperature {t} ({p.sampler} sampler)",
+                text,
+                prefix=samples["seed_text"],
+                name=f"temperature-{t}",
+            )
+            for t, text in samples["texts"].items()
+        ),
+    ]
+    if samples["per_epoch"]:
+        sections.append(Table("Samples after each epoch (same seed)", samples["per_epoch"], name="per-epoch"))
     return Report(
         title="text_lstm: character-level LSTM text generation",
-        notes=[f"Corpus: {corpus}."],
         metrics=metrics,
+        sections=sections,
         history={k: v for k, v in history.items() if k in ("loss", "val_loss", "val_bits_per_char")},
-        images=[
-            (
-                "Loss per epoch",
-                "loss_curve.png",
-                curves_png(history, ["loss", "val_loss"], "cross-entropy (nats/char)"),
-            )
-        ],
-        texts=[
-            (f"Temperature {t} ({p.sampler} sampler)", samples["seed_text"], text)
-            for t, text in samples["texts"].items()
-        ],
     )
 
 
@@ -448,12 +495,14 @@ register(
         name="text_lstm",
         summary="character-level LSTM text generation (Chollet 8.1)",
         params_model=TextLSTMParams,
-        demo_overrides=DEMO,
-        dataset_of=lambda p: (p.dataset, p.source),
+        inputs={"corpus": Input(dataset=lambda p: p.dataset, source="source")},
         vectorize=vectorize,
         train=train,
         sample=sample,
         report=report,
+        headline=("val_bits_per_char", "val_loss", "train_loss"),
+        demo_overrides=DEMO,
+        tiny_overrides=TINY,
         module=__name__,
     )
 )

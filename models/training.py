@@ -1,25 +1,43 @@
-"""Resumable training: one `fit` call per epoch (as the books do), a checkpoint after each.
+"""Training runtimes every technique shares: resumable `fit` with callbacks, and a resumable
+optimisation loop for techniques that optimise an image instead of a network.
 
-The checkpoint directory holds `epoch-NNNN.keras` (model + optimizer state after the last
-completed epoch), `state.json` (epochs done, that file's name, history, and a fingerprint of
-everything that determines training) and, once training is finished, `model.keras`. A run killed
-mid-training resumes from the last completed epoch and ends with the same epoch count; a
-checkpoint left by different params or data is discarded, never resumed.
+`fit_resumable`: one `fit` call per epoch (as the books do), a checkpoint after each. The
+checkpoint directory holds `epoch-NNNN.keras` (model + optimizer state after the last completed
+epoch), `state.json` (epochs done, that file's name, history, and the fingerprint of everything
+that determines training: the step's cache key) and, once training is finished, `model.keras`.
+Keras callbacks see absolute epoch numbers, so a callback that writes per-epoch artefacts (a
+sample grid, the book's per-epoch text samples) into the checkpoint directory keeps them across
+a resume.
+
+`optimize_resumable`: a compiled step run for N iterations over variables (an image, an
+optimizer's slots), checkpointed every `checkpoint_every` iterations as one `.npz`, resumed after
+kill -9 from the last checkpoint with the same result as an uninterrupted run; optional early
+stop (DeepDream's `max_loss`, an attack's target probability) and snapshots (frames of the image).
+
+Both show progress twice: Keras' own progress bar (rate and ETA) on the terminal, and a
+`progress(done, total, logs)` callback for the orchestrator, called at most once a second.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.files import GdlError, read_json, write_json_atomic
+import numpy as np
+
+from models.files import GdlError, npz_bytes, read_json, write_bytes_atomic, write_json_atomic
 
 STATE = "state.json"
 FINAL = "model.keras"
+PROGRESS_EVERY = 1.0  # seconds between progress(...) calls inside an epoch or a loop
+
+ProgressFn = Callable[[float, int, Mapping[str, float]], None]
 
 
 def configure_runtime(device: str, mixed_precision: bool, log: Callable[[str], None]) -> str:
@@ -55,6 +73,57 @@ def load_model(path: Path):
     return keras.models.load_model(path, safe_mode=True, compile=True)
 
 
+def _interactive() -> bool:
+    return hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
+
+
+def progress_bar(target: int | None, unit: str = "step"):
+    """Keras' progress bar: redrawn in place on a terminal, one line per finished bar in logs."""
+    import keras
+
+    verbose = 1 if _interactive() else 2
+    # Every value shown is already what should be displayed (Keras' running means, or this
+    # iteration's loss): no stateless metrics, so the bar does not average them again.
+    return keras.utils.Progbar(target, verbose=verbose, interval=0.5, unit_name=unit, stateless_metrics=())
+
+
+class _Throttled:
+    """Calls `progress` at most every PROGRESS_EVERY seconds, and always when `force` is set."""
+
+    def __init__(self, progress: ProgressFn):
+        self.progress = progress
+        self.last = 0.0
+
+    def __call__(self, done: float, total: int, logs: Mapping[str, float], force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            self.progress(done, total, logs)
+
+
+def _progress_callback(epoch: int, epochs: int, steps: int | None, report: _Throttled):
+    """A Keras callback: Keras' progress bar per epoch, and fractional progress to `report`."""
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch_index, logs=None):
+            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+            self.bar = progress_bar(steps)
+
+        def on_train_batch_end(self, batch, logs=None):
+            values = [(k, float(v)) for k, v in (logs or {}).items()]
+            self.bar.update(batch + 1, values=values, finalize=False)
+            # Whole numbers mean "epoch done and checkpointed": within an epoch stay below them.
+            fraction = (batch + 1) / steps if steps else 0.0
+            report(epoch + min(fraction, 0.99), epochs, dict(values))
+
+        def on_epoch_end(self, epoch_index, logs=None):
+            values = [(k, float(v)) for k, v in (logs or {}).items()]
+            self.bar.update(self.bar._seen_so_far, values=values, finalize=True)
+
+    return Progress()
+
+
 def fit_resumable(
     *,
     ckpt_dir: Path,
@@ -64,13 +133,17 @@ def fit_resumable(
     train_data: Callable[[int], Any],
     val_data: Any,
     samples_per_epoch: int,
-    progress: Callable[[int, int, Mapping[str, float]], None],
+    steps_per_epoch: int | None = None,
+    callbacks: Sequence[Any] = (),
+    progress: ProgressFn,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Train to `epochs` epochs, resuming from `ckpt_dir` when it holds a matching checkpoint.
 
     `train_data(epoch)` returns that epoch's dataset, so shuffling is seeded per epoch and a
-    resumed run sees the same batches as an uninterrupted one.
+    resumed run sees the same batches as an uninterrupted one. `callbacks` are Keras callbacks
+    (they see the absolute epoch number). A loss that turns NaN or infinite stops training with
+    an error and keeps the last good checkpoint.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state_path = ckpt_dir / STATE
@@ -80,20 +153,34 @@ def fit_resumable(
         model = load_model(saved)
         start = int(state["epoch"])
         history: dict[str, list[float]] = state["history"]
-        log(f"resuming from epoch {start} of {epochs} ({saved})")
+        log(f"resuming from epoch {start} of {epochs} ({saved.name})")
     else:
         if state:
-            log(f"checkpoint in {ckpt_dir} is from other params or data: starting over")
+            log(f"checkpoint in {ckpt_dir} is from other params, data or code: starting over")
         for child in ckpt_dir.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         model, start, history = build_model(), 0, {}
 
+    report = _Throttled(progress)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
+        # initial_epoch/epochs make Keras run exactly this epoch and report its absolute number.
         result = model.fit(
-            train_data(epoch), validation_data=val_data, epochs=1, verbose=0, shuffle=False
+            train_data(epoch),
+            validation_data=val_data,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            verbose=0,
+            shuffle=False,
+            callbacks=[_progress_callback(epoch, epochs, steps_per_epoch, report), *callbacks],
         ).history
         seconds = time.perf_counter() - t0
+        bad = {k: v[-1] for k, v in result.items() if not math.isfinite(float(v[-1]))}
+        if bad:
+            raise GdlError(
+                f"training diverged in epoch {epoch + 1}: {', '.join(f'{k}={v}' for k, v in bad.items())}; "
+                f"the checkpoint of epoch {epoch} is kept. Lower the learning rate and run again"
+            )
         for name, values in result.items():
             history.setdefault(name, []).append(float(values[-1]))
         history.setdefault("samples_per_s", []).append(samples_per_epoch / seconds)
@@ -116,7 +203,132 @@ def fit_resumable(
             f"epoch {epoch + 1}/{epochs}: "
             + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "epoch_seconds")
         )
-        progress(epoch + 1, epochs, logs)
+        report(epoch + 1, epochs, logs, force=True)
 
     shutil.copyfile(ckpt_dir / read_json(state_path)["checkpoint"], ckpt_dir / FINAL)
     return {"history": history, "resumed_from": start}
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimising an image
+
+
+def _state_arrays(variables: Mapping[str, Any], optimizer: Any) -> dict[str, np.ndarray]:
+    arrays = {f"var.{name}": np.asarray(v.numpy()) for name, v in variables.items()}
+    if optimizer is not None:
+        arrays.update({f"opt.{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    return arrays
+
+
+def _restore(arrays: Mapping[str, np.ndarray], variables: Mapping[str, Any], optimizer: Any) -> bool:
+    """Assign saved values; False (nothing assigned) if they do not fit these variables."""
+    slots = list(optimizer.variables) if optimizer is not None else []
+    wanted = {f"var.{n}": v for n, v in variables.items()} | {f"opt.{i:04d}": v for i, v in enumerate(slots)}
+    if set(arrays) != set(wanted) or any(tuple(arrays[k].shape) != tuple(v.shape) for k, v in wanted.items()):
+        return False
+    for k, v in wanted.items():
+        v.assign(arrays[k])
+    return True
+
+
+def optimize_resumable(
+    *,
+    ckpt_dir: Path,
+    fingerprint: str,
+    variables: Mapping[str, Any],
+    step: Callable[[int], Mapping[str, Any]],
+    iterations: int,
+    checkpoint_every: int,
+    optimizer: Any = None,
+    should_stop: Callable[[Mapping[str, float]], bool] | None = None,
+    snapshot_every: int = 0,
+    snapshot: Callable[[int], None] | None = None,
+    progress: ProgressFn,
+    log: Callable[[str], None],
+    label: str = "iteration",
+) -> dict[str, Any]:
+    """Run `step(i)` for i in [0, iterations), resumable from `ckpt_dir`.
+
+    `variables` (name -> keras/tf Variable: the image, and anything else the loop updates) and the
+    `optimizer`'s own variables are saved every `checkpoint_every` iterations and at the end;
+    `step` returns scalar metrics (tensors or floats) recorded per iteration. `should_stop`
+    (given the latest metrics) ends the loop early. `snapshot(i)` is called after iteration i
+    when (i + 1) % snapshot_every == 0, to write frames into `ckpt_dir`: they survive a resume.
+    Non-finite metrics stop with an error, keeping the last good checkpoint.
+    """
+    if iterations < 0 or checkpoint_every < 1:
+        raise GdlError(
+            f"iterations must be >= 0 and checkpoint_every >= 1 (got {iterations}, {checkpoint_every})"
+        )
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if optimizer is not None:
+        optimizer.build(list(variables.values()))
+    state_path = ckpt_dir / STATE
+    state = read_json(state_path) if state_path.exists() else None
+    start, history, stopped = 0, {}, False
+    if state and state.get("fingerprint") == fingerprint and (ckpt_dir / state["checkpoint"]).exists():
+        with np.load(ckpt_dir / state["checkpoint"], allow_pickle=False) as saved:
+            arrays = {k: saved[k] for k in saved.files}
+        if _restore(arrays, variables, optimizer):
+            start, history, stopped = int(state["iteration"]), state["history"], bool(state["stopped"])
+            log(f"resuming from {label} {start} of {iterations}")
+    if start == 0:
+        if state:
+            log(f"checkpoint in {ckpt_dir} is from other params, data or code: starting over")
+        for child in ckpt_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def save(done: int, stopped: bool) -> None:
+        name = f"{label}-{done:06d}.npz"
+        write_bytes_atomic(ckpt_dir / name, npz_bytes(_state_arrays(variables, optimizer)))
+        write_json_atomic(
+            state_path,
+            {
+                "iteration": done,
+                "checkpoint": name,
+                "fingerprint": fingerprint,
+                "history": history,
+                "stopped": stopped,
+            },
+        )
+        for old in ckpt_dir.glob(f"{label}-*.npz"):
+            if old.name != name:
+                old.unlink()
+
+    report = _Throttled(progress)
+    bar = progress_bar(iterations, unit=label)
+    done = start
+    if start:
+        bar.update(start)
+    for i in range(start, iterations if not stopped else start):
+        # A numpy integer, not a Python int: a compiled step is traced once, not per iteration.
+        metrics = {k: float(v) for k, v in step(np.int64(i)).items()}
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:
+            raise GdlError(
+                f"optimisation diverged at {label} {i + 1}: {', '.join(f'{k}={v}' for k, v in bad.items())}; "
+                f"the checkpoint of {label} {done} is kept"
+            )
+        for k, v in metrics.items():
+            history.setdefault(k, []).append(v)
+        done = i + 1
+        bar.update(done, values=list(metrics.items()))
+        report(done, iterations, metrics)
+        if snapshot and snapshot_every and done % snapshot_every == 0:
+            snapshot(i)
+        stopped = bool(should_stop and should_stop(metrics))
+        if stopped:
+            log(
+                f"stopped early after {label} {done} ("
+                + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                + ")"
+            )
+        if stopped or done % checkpoint_every == 0 or done == iterations:
+            save(done, stopped)
+        if stopped:
+            break
+    if done == 0:
+        save(0, False)
+    bar.update(done, finalize=True)
+    report(done, iterations, {k: v[-1] for k, v in history.items()}, force=True)
+    return {"history": history, "iterations": done, "resumed_from": start, "stopped_early": stopped}

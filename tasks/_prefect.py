@@ -12,7 +12,7 @@ from models.files import GdlError, RetryableError, env_number
 from tasks.steps import (
     Manifest,
     execute,
-    expected_output,
+    expected_outputs,
     is_complete,
     project_root,
     run_dir_of,
@@ -76,8 +76,10 @@ def call(
     if task.name == "publish":
         complete = (run_dir_of(project_root(), upstream) / "manifest.json").exists()
     else:
-        key, out = expected_output(technique, task.name, params, upstream)
-        complete = is_complete(out, key) or shared.pull_slot(project_root(), out, key, logger().warning)
+        complete = all(
+            is_complete(out, key) or shared.pull_slot(project_root(), out, key, logger().warning)
+            for key, out in expected_outputs(technique, task.name, params, upstream)
+        )
     if not complete:
         task = task.with_options(refresh_cache=True)
     storage = shared.result_storage()

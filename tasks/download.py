@@ -1,4 +1,4 @@
-"""The download step: fetch a technique's dataset into data/raw (atomic, checked, retried)."""
+"""The download step: fetch a technique's inputs into data/raw (atomic, checked, retried, shared)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,21 @@ from typing import Any
 
 from prefect import task
 
-from models.datasets import fetch, get_dataset
-from tasks._prefect import TASK_RETRIES, runner, step_cache_key, transient_only
-from tasks.steps import Manifest, data_dir
+from tasks import shared
+from tasks._prefect import TASK_RETRIES, logger, step_cache_key, transient_only
+from tasks.steps import Manifest, project_root
+from tasks.steps import download as download_inputs
 
 
-def _download(t, p, ctx):
-    name, source = t.dataset_of(p)
-    return fetch(get_dataset(name), source, ctx.out, data_dir() / "raw", log=ctx.log)
-
-
-run = runner("download", _download)
+def run(technique: str, params: dict[str, Any], upstream: dict[str, Manifest], dvc: bool = False) -> Manifest:
+    """What the task and `gdl stage TECHNIQUE download` both call."""
+    manifest = download_inputs(technique, params, dvc=dvc, log=logger().info)
+    if not dvc:
+        root = project_root()
+        for entry in manifest["inputs"].values():
+            if shared.push_slot(root, root / entry["dir"], logger().warning):
+                logger().info(f"download: mirrored {entry['dir']} to shared storage")
+    return manifest
 
 
 # Network step: fetch() already retries transient failures with backoff; the task retries once

@@ -17,8 +17,6 @@ Configuration, from the environment:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import mimetypes
 import os
@@ -31,7 +29,7 @@ from typing import Any
 
 from prefect import task
 
-from models.datasets import s3_client
+from models.datasets import redact, s3_client
 from models.files import (
     GdlError,
     RetryableError,
@@ -48,9 +46,9 @@ from models.files import (
 )
 from models.gallery import GALLERY, collect_runs, local_runs, render_gallery
 from models.registry import get
-from models.report import render_html
+from models.report import Provenance, artifact_plan, history_csv, render_html, report_files
 from tasks._prefect import TASK_RETRIES, artifact_key, in_run, logger, transient_only
-from tasks.steps import MARKER, Manifest, data_dir, project_root, run_dir_of
+from tasks.steps import MARKER, Manifest, data_dir, git_version, project_root, run_dir_of
 
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
@@ -64,14 +62,59 @@ class PublishError(RetryableError):
 # Run directory
 
 
-def _history_csv(history: Mapping[str, list[float]]) -> bytes:
-    buf = io.StringIO()
-    keys = list(history)
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["epoch", *keys])
-    for i in range(max((len(v) for v in history.values()), default=0)):
-        writer.writerow([i + 1, *(history[k][i] if i < len(history[k]) else "" for k in keys)])
-    return buf.getvalue().encode()
+def _public(value: Any) -> Any:
+    """A parameter value fit for a published page: URLs lose credentials and query strings."""
+    if isinstance(value, str) and "://" in value:
+        return redact(value)
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return value
+
+
+def provenance(
+    technique: str, p: Any, upstream: Mapping[str, Manifest], run_id: str, created_at: str
+) -> Provenance:
+    """Where the run came from: params, code, when each step ran, which data it read."""
+    root = project_root()
+    steps = []
+    for name in ("download", "vectorize", "train", "sample"):
+        manifest = upstream.get(name)
+        if manifest is None:
+            continue
+        if name == "download":
+            for input_name, entry in manifest["inputs"].items():
+                steps.append(
+                    {
+                        "step": f"download {input_name}",
+                        "started_at": entry.get("started_at", ""),
+                        "seconds": entry.get("seconds", ""),
+                        "code": "",
+                        "output": entry["dir"],
+                    }
+                )
+            continue
+        steps.append(
+            {
+                "step": name,
+                "started_at": manifest.get("started_at", ""),
+                "seconds": manifest.get("seconds", ""),
+                "code": manifest.get("git", ""),
+                "output": manifest["dir"],
+            }
+        )
+    inputs = [
+        {"input": name, "dataset": e["dataset"], "source": e["source"], "sha256": e["sha256"]}
+        for name, e in upstream.get("download", {"inputs": {}})["inputs"].items()
+    ]
+    return Provenance(
+        technique=technique,
+        run_id=run_id,
+        created_at=created_at,
+        params={k: _public(v) for k, v in p.model_dump(mode="json").items()},
+        git=git_version(root),
+        steps=steps,
+        inputs=inputs,
+    )
 
 
 def assemble(
@@ -81,23 +124,26 @@ def assemble(
     root = project_root()
     t = get(technique)
     p = t.params_model(**params)
-    report = t.report(p, {name: root / m["dir"] for name, m in upstream.items()})
+    report = t.report(p, {name: root / m["dir"] for name, m in upstream.items() if "dir" in m})
     run_id = safe_name(run.name, "run id")
-    write_json_atomic(run / "params.json", {"technique": technique, "params": p.model_dump(mode="json")})
+    created_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    prov = provenance(technique, p, upstream, run_id, created_at)
+    files = report_files(report)
+    write_json_atomic(run / "params.json", {"technique": technique, "params": prov.params})
     write_json_atomic(run / "metrics.json", report.metrics)
-    write_bytes_atomic(run / "history.csv", _history_csv(report.history))
-    for _caption, name, png in report.images:
-        write_bytes_atomic(run / safe_name(name, "image name"), png)
-    write_bytes_atomic(run / "report.html", render_html(report).encode())
-    files = dir_manifest(run, exclude=(MANIFEST,))
+    write_bytes_atomic(run / "history.csv", history_csv(report.history, t.history_x))
+    for name, data in files.items():
+        write_bytes_atomic(run / name, data)
+    write_bytes_atomic(run / "report.html", render_html(report, prov, files).encode())
     manifest = {
         "technique": technique,
         "run_id": run_id,
-        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "files": files,
+        "created_at": created_at,
+        "headline": list(t.headline),
+        "files": dir_manifest(run, exclude=(MANIFEST,)),
     }
     write_json_atomic(run / MANIFEST, manifest)
-    return {"manifest": manifest, "report": report}
+    return {"manifest": manifest, "report": report, "provenance": prov, "files": files}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,37 +278,20 @@ def _bucket_runs(client, target: Target) -> dict[str, list[dict[str, Any]]]:
 # The step
 
 
-def _artifacts(technique: str, run: Path, report, published: str) -> None:
-    """What the Prefect UI shows: a summary, a table per text sample, the plots inline."""
+def _artifacts(technique: str, run: Path, built: Mapping[str, Any], published: str) -> None:
+    """What the Prefect UI shows, as the report describes it (models.report.artifact_plan)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from models.report import png_data_uri
-
-    metrics = "\n".join(
-        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in report.metrics.items()
+    where = (
+        f"Run directory: `{run}`  \nPublished: `{published}`  \n"
+        f"Gallery of all runs: `{run.parent.parent / GALLERY}`"
     )
-    excerpts = "\n\n".join(
-        f"**{caption}**\n\n```\n{text[:400]}\n```" for caption, _prefix, text in report.texts
-    )
-    notes = "\n".join(f"> {n}" for n in report.notes)
-    create_markdown_artifact(
-        key=artifact_key(technique, "summary"),
-        markdown=f"# {report.title}\n\n{notes}\n\nRun directory: `{run}`  \nPublished: "
-        f"`{published}`  \nGallery of all runs: `{run.parent.parent / GALLERY}`\n\n"
-        f"| metric | value |\n|---|---|\n{metrics}\n\n{excerpts}\n",
-        description=f"{technique} run summary",
-    )
-    for i, (caption, prefix, text) in enumerate(report.texts):
-        rows = [{"line": 0, "text": f"[seed] {prefix}"}] + [
-            {"line": n + 1, "text": line} for n, line in enumerate(text.splitlines())
-        ]
-        create_table_artifact(key=artifact_key(technique, f"sample-{i}"), table=rows, description=caption)
-    for caption, name, png in report.images:
-        create_markdown_artifact(
-            key=artifact_key(technique, Path(name).stem),
-            markdown=f"## {caption}\n\n![{caption}]({png_data_uri(png)})",
-            description=caption,
-        )
+    for item in artifact_plan(built["report"], built["provenance"], built["files"], where):
+        key = artifact_key(technique, item["key"])
+        if item["kind"] == "table":
+            create_table_artifact(key=key, table=item["content"], description=item["description"])
+        else:
+            create_markdown_artifact(key=key, markdown=item["content"], description=item["description"])
 
 
 def run(
@@ -283,7 +312,7 @@ def run(
     else:
         published = publish_local(target, technique, run_path, built["manifest"])
     if in_run():
-        _artifacts(technique, run_path, built["report"], published)
+        _artifacts(technique, run_path, built, published)
     return {
         "gallery": (run_path.parent.parent / GALLERY).relative_to(root).as_posix(),
         "run_dir": run_path.relative_to(root).as_posix(),

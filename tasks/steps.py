@@ -7,20 +7,38 @@ calls) uses the fixed slot `dvc`, the paths dvc.yaml declares. Both run the same
 on the same params, so they produce the same data, and neither writes into the other's slots
 (both update the shared views: the gallery, the dataset pins, the publish target's latest.json).
 
+Inputs are downloaded per catalog entry, not per technique: the flow keeps each in
+`data/raw/<dataset>/<key>/` (key = the entry's identity, the location and the fetch code), so
+techniques that read the same digits or the same weights fetch and pin them once. DVC keeps a
+technique's inputs in `data/raw/dvc/<technique>/<input>/`.
+
 A step's key is the digest of: the technique, the step, its params (the fields of this step and
-of every earlier one), the content digests of its upstream outputs, and the code version (the
-technique's module and every `models` module it imports).
+of every earlier one), the content digests of its upstream outputs, and the code version of the
+step function (models.codeversion: the code it runs, not the module it lives in).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from models import codeversion
+from models.datasets import (
+    Dataset,
+    describe_source,
+    fetch,
+    get_dataset,
+    identity,
+    redact,
+    resolve_location,
+)
 from models.files import (
     GdlError,
     digest_json,
@@ -29,23 +47,24 @@ from models.files import (
     read_json,
     replace_dir,
     safe_relpath,
-    sha256_file,
     staging_dir,
     write_json_atomic,
 )
-from models.registry import StepContext, Technique, code_files, get
+from models.registry import StepContext, Technique, get
 
 AREAS = {"download": "raw", "vectorize": "processed", "train": "checkpoints", "sample": "runs"}
 UPSTREAM = {
     "download": (),
     "vectorize": ("download",),
-    "train": ("vectorize",),
-    "sample": ("vectorize", "train"),
-    "publish": ("vectorize", "train", "sample"),
+    "train": ("download", "vectorize"),
+    "sample": ("download", "vectorize", "train"),
+    "publish": ("download", "vectorize", "train", "sample"),
 }
 MARKER = ".step.json"
 DVC_SLOT = "dvc"
 RESUMABLE = {"train"}  # written in place so an interrupted run can resume
+# Bumped when the slot layout or the meaning of a key changes (invalidates every cache once).
+KEY_VERSION = 2
 
 Manifest = dict[str, Any]  # JSON-able: what tasks hand each other instead of arrays or models
 
@@ -58,28 +77,97 @@ def data_dir(root: Path | None = None) -> Path:
     return (root or project_root()) / "data"
 
 
+# ---------------------------------------------------------------------------------------------
+# Code versions
+
+
+def _roots(technique: str, step: str) -> list[tuple[str, str]]:
+    if step == "download":
+        return codeversion.roots_of(fetch)
+    roots = codeversion.roots_of(get(technique).step_function(step))
+    if step == "publish":  # the run directory, report page and gallery are publishing's code
+        roots.append(("tasks.publish", "run"))
+    return roots
+
+
+def code_version(technique: str, step: str) -> str:
+    """Digest of the code `step` runs for `technique` (see models.codeversion)."""
+    return codeversion.digest(_roots(technique, step))
+
+
 def step_code_files(technique: str, step: str) -> list[Path]:
-    """The code a step runs: its models modules, this module and the step's task module. The
-    Prefect cache key hashes them and dvc.yaml declares them as the stage's deps."""
-    tasks_dir = Path(__file__).resolve().parent
-    return [*code_files(get(technique), step), tasks_dir / "steps.py", tasks_dir / f"{step}.py"]
+    """The files holding the code a step runs: what dvc.yaml declares as the stage's deps (for
+    download, also the offline loaders of the technique's datasets)."""
+    roots = _roots(technique, step)
+    if step == "download":
+        from models import offline
+
+        for name in get(technique).dataset_names:
+            entry = get_dataset(name).offline
+            if entry and entry.loader in offline.LOADERS:
+                roots += codeversion.roots_of(offline.LOADERS[entry.loader])
+    return codeversion.files(roots)
 
 
 @cache
-def code_version(technique: str, step: str) -> str:
-    files = step_code_files(technique, step)
-    return digest_json({f"{p.parent.name}/{p.name}": sha256_file(p) for p in files})
+def git_version(root: Path) -> str:
+    """The commit of the checkout (with "+changes" when it has uncommitted edits), or a note."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+        )
+        if head.returncode:
+            return "not a git checkout"
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "git not installed"
+    return head.stdout.strip() + (" +changes" if dirty else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys and slots
 
 
 def params_model(technique: str, params: Mapping[str, Any]):
     return get(technique).params_model(**params)
 
 
+def resolve_inputs(t: Technique, p: Any) -> dict[str, tuple[Dataset, str]]:
+    """input name -> (catalog entry, location) for these params; a bad dataset or source is an
+    error naming the parameter, raised before any work."""
+    resolved = {}
+    for name, (dataset_name, source) in t.active_inputs(p).items():
+        field = t.inputs[name].source
+        try:
+            dataset = get_dataset(dataset_name)
+            resolved[name] = (dataset, resolve_location(dataset, source))
+        except GdlError as exc:
+            raise GdlError(
+                f"invalid parameters: {t.name}.{field}={redact(source)!r} (input {name!r}): {exc}"
+            ) from None
+    return resolved
+
+
+def input_key(dataset: Dataset, location: str) -> str:
+    return digest_json(
+        {"v": KEY_VERSION, "input": identity(dataset, location), "code": code_version("", "download")}
+    )
+
+
 def step_key(technique: str, step: str, params: Mapping[str, Any], upstream: Mapping[str, Manifest]) -> str:
-    p = params_model(technique, params)
+    t = get(technique)
+    p = t.params_model(**params)
+    if step == "download":
+        keys = {name: input_key(d, loc) for name, (d, loc) in resolve_inputs(t, p).items()}
+        return digest_json({"v": KEY_VERSION, "technique": technique, "step": step, "inputs": keys})
     subset = p.model_dump(mode="json", include=set(p.fields_for_step(step)))
     return digest_json(
         {
+            "v": KEY_VERSION,
             "technique": technique,
             "step": step,
             "params": subset,
@@ -96,7 +184,15 @@ def slot_name(key: str, dvc: bool) -> str:
 def step_dir(root: Path, technique: str, step: str, slot: str) -> Path:
     if step == "sample":
         return run_dir(root, technique, slot) / "samples"
+    if step == "download":  # DVC's per-technique input folder (the flow's inputs: input_dir)
+        return data_dir(root) / "raw" / DVC_SLOT / technique
     return data_dir(root) / AREAS[step] / technique / slot
+
+
+def input_dir(root: Path, technique: str, name: str, dataset: str, key: str, dvc: bool) -> Path:
+    if dvc:
+        return step_dir(root, technique, "download", DVC_SLOT) / name
+    return data_dir(root) / "raw" / dataset / key[:12]
 
 
 def run_dir(root: Path, technique: str, slot: str) -> Path:
@@ -132,8 +228,18 @@ def is_complete(out: Path, key: str) -> bool:
     return bool(marker) and marker.get("key") == key
 
 
+def input_paths(root: Path, upstream: Mapping[str, Manifest]) -> dict[str, Path]:
+    """input name -> the fetched file or folder, from the download manifest."""
+    if "download" not in upstream:
+        return {}
+    found = {}
+    for name, entry in upstream["download"]["inputs"].items():
+        found[name] = local_dir(root, entry) / safe_relpath(entry["file"], "input file name")
+    return found
+
+
 def _finish(
-    root: Path, technique: str, step: str, key: str, built: Path, final: Path, summary: Any
+    root: Path, technique: str, step: str, key: str, built: Path, final: Path, summary: Any, started: float
 ) -> Manifest:
     """Write the completion marker into `built` (which will become `final`)."""
     files = dir_manifest(built)
@@ -145,16 +251,79 @@ def _finish(
         "digest": digest_json(files),
         "files": files,
         "summary": summary,
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 3),
+        "git": git_version(root),
     }
     write_json_atomic(built / MARKER, manifest)
     return manifest
 
 
-def expected_output(
+# ---------------------------------------------------------------------------------------------
+# Running a step
+
+
+def expected_outputs(
     technique: str, step: str, params: Mapping[str, Any], upstream: Mapping[str, Manifest]
-) -> tuple[str, Path]:
+) -> list[tuple[str, Path]]:
+    """(key, slot) of every output the flow's step writes (one per input for download)."""
+    root = project_root()
+    if step == "download":
+        t = get(technique)
+        return [
+            (k, input_dir(root, technique, name, d.name, k, dvc=False))
+            for name, (d, loc) in resolve_inputs(t, t.params_model(**params)).items()
+            for k in [input_key(d, loc)]
+        ]
     key = step_key(technique, step, params, upstream)
-    return key, step_dir(project_root(), technique, step, slot_name(key, dvc=False))
+    return [(key, step_dir(root, technique, step, slot_name(key, dvc=False)))]
+
+
+def download(
+    technique: str, params: Mapping[str, Any], *, dvc: bool = False, log: Callable[[str], None] | None = None
+) -> Manifest:
+    """Fetch every input of `technique` into its slot (or find it there) and return the step's
+    manifest: one entry per input with where its bytes are and what they are."""
+    root = project_root()
+    t = get(technique)
+    p = t.params_model(**params)
+    logger = log or logging.getLogger("gdl").info
+    entries = {}
+    for name, (dataset, location) in resolve_inputs(t, p).items():
+        key = input_key(dataset, location)
+        out = input_dir(root, technique, name, dataset.name, key, dvc)
+        with file_lock(slot_lock(out)):
+            marker = read_marker(out) if is_complete(out, key) else None
+            if marker is None:
+                started = time.time()
+                with staging_dir(out) as tmp:
+                    summary = fetch(dataset, location, tmp, data_dir(root) / "raw", log=logger)
+                    summary["source"] = describe_source(dataset, location)
+                    marker = _finish(root, technique, "download", key, tmp, out, summary, started)
+                    replace_dir(tmp, out)
+                logger(f"{name}: {summary['source']} (sha256 {summary['sha256'][:12]})")
+            else:
+                logger(f"{name}: {dataset.name} already downloaded ({marker['dir']})")
+        entries[name] = {
+            "dataset": dataset.name,
+            "dir": marker["dir"],
+            "digest": marker["digest"],
+            **{k: marker["summary"][k] for k in ("file", "kind", "location", "sha256", "source")},
+            "started_at": marker["started_at"],
+            "seconds": marker["seconds"],
+        }
+    manifest = {
+        "technique": technique,
+        "step": "download",
+        "key": step_key(technique, "download", params, {}),
+        "inputs": entries,
+        "digest": digest_json({name: e["digest"] for name, e in entries.items()}),
+    }
+    if dvc:  # downstream DVC stages find the inputs through this marker
+        folder = step_dir(root, technique, "download", DVC_SLOT)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / MARKER, manifest)
+    return manifest
 
 
 def execute(
@@ -165,7 +334,7 @@ def execute(
     body: Callable[[Technique, Any, StepContext], Any],
     *,
     dvc: bool = False,
-    progress: Callable[[int, int, Mapping[str, float]], None] | None = None,
+    progress: Callable[[float, int, Mapping[str, float]], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Run one step into its slot and return its manifest. Output is all or nothing: a failed
@@ -175,19 +344,25 @@ def execute(
     p = t.params_model(**params)
     key = step_key(technique, step, params, upstream)
     out = step_dir(root, technique, step, slot_name(key, dvc))
-    inputs = {name: local_dir(root, upstream[name]) for name in UPSTREAM[step]}
+    dirs = {name: local_dir(root, upstream[name]) for name in UPSTREAM[step] if name != "download"}
+    inputs = input_paths(root, upstream)
     logger = log or logging.getLogger("gdl").info
+
+    def context(where: Path) -> StepContext:
+        kwargs = {"progress": progress} if progress else {}
+        return StepContext(dirs, where, inputs, key, log=logger, **kwargs)
+
     with file_lock(slot_lock(out)):
         if not dvc and is_complete(out, key):  # another run finished it while we waited
             return read_marker(out)
+        started = time.time()
         if step in RESUMABLE:
             out.mkdir(parents=True, exist_ok=True)
-            ctx = StepContext(inputs, out, progress or (lambda *a: None), logger)
-            summary = body(t, p, ctx)
-            return _finish(root, technique, step, key, out, out, summary)
+            summary = body(t, p, context(out))
+            return _finish(root, technique, step, key, out, out, summary, started)
         with staging_dir(out) as tmp:
-            summary = body(t, p, StepContext(inputs, tmp, progress or (lambda *a: None), logger))
-            manifest = _finish(root, technique, step, key, tmp, out, summary)
+            summary = body(t, p, context(tmp))
+            manifest = _finish(root, technique, step, key, tmp, out, summary, started)
             replace_dir(tmp, out)
         return manifest
 

@@ -1,7 +1,8 @@
-"""The train step: fit the model with a checkpoint per epoch; progress shown in the Prefect UI."""
+"""The train step: fit or optimise with checkpoints; progress shown in the Prefect UI."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,8 +14,12 @@ from tasks.steps import Manifest
 run = runner("train", lambda t, p, ctx: t.train(p, ctx))
 
 
+ARTIFACT_EVERY = 5.0  # seconds between progress artifact updates (the UI polls; 10 s at most)
+
+
 def _progress_artifact(technique: str):
-    """A progress bar in the UI, updated after every epoch (a no-op outside a Prefect run)."""
+    """A progress bar in the UI, updated every few seconds within an epoch or an optimisation
+    loop and at every checkpoint (a no-op outside a Prefect run)."""
     if not in_run():
         return lambda done, total, logs: None
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -22,9 +27,13 @@ def _progress_artifact(technique: str):
     artifact_id = create_progress_artifact(
         progress=0.0, key=artifact_key(technique, "training"), description="training"
     )
+    last = [0.0]
 
-    def report(done: int, total: int, logs: Mapping[str, float]) -> None:
-        update_progress_artifact(artifact_id, progress=100.0 * done / total)
+    def report(done: float, total: int, logs: Mapping[str, float]) -> None:
+        now = time.monotonic()
+        if float(done).is_integer() or now - last[0] >= ARTIFACT_EVERY:
+            last[0] = now
+            update_progress_artifact(artifact_id, progress=min(100.0, 100.0 * done / max(total, 1)))
 
     return report
 

@@ -18,27 +18,33 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+TESTS = Path(__file__).resolve().parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(TESTS / "techniques"))  # test-only techniques (GDL_EXTRA_TECHNIQUES)
 
-# Small enough to train in seconds on a CPU, big enough to run every code path.
-TINY = {
-    "source": "offline",
-    "max_chars": 4000,
-    "maxlen": 12,
-    "step": 3,
-    "validation_split": 0.1,
-    "lstm_units": 16,
-    "unroll": False,
-    "batch_size": 64,
-    "epochs": 2,
-    "sample_length": 40,
-}
+# Test-only techniques (tests/techniques/) are registered through GDL_EXTRA_TECHNIQUES where a
+# test asks for them; the repository's generated files never list them.
+TEST_TECHNIQUES = "tiny_image"
+# The orchestration tests (cache hits, DVC, the stack) drive the fastest real technique.
+FASTEST = "text_lstm"
+
+
+def tiny(technique: str) -> dict:
+    """The technique's tiny setting: seconds on a CPU, every code path."""
+    from models.registry import get
+
+    return dict(get(technique).tiny_overrides)
 
 
 def write_params(root: Path, **text_lstm) -> Path:
-    """params.yaml for a scratch project: the repository's, with the demo profile made tiny."""
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    data["demo"]["text_lstm"].update({**TINY, **text_lstm})
+    """params.yaml for a scratch project: every registered technique's demo profile made tiny."""
+    from flows.config import render_params
+    from models.registry import techniques
+
+    data = yaml.safe_load(render_params())
+    for name, t in techniques().items():
+        data["demo"][name].update(t.tiny_overrides)
+    data["demo"]["text_lstm"].update(text_lstm)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -54,6 +60,29 @@ def project(tmp_path, monkeypatch):
     for var in ("GDL_S3_BUCKET", "GDL_PUBLISH_DIR", "GDL_S3_PREFIX"):
         monkeypatch.delenv(var, raising=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The fastest technique's tiny steps, run once per test module in a project of their own."""
+    root = tmp_path_factory.mktemp("trained") / "proj"
+    root.mkdir()
+    write_params(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GDL_ROOT", str(root))
+        for var in ("GDL_S3_BUCKET", "GDL_PUBLISH_DIR", "GDL_S3_PREFIX", "GDL_SHARED_STORAGE"):
+            mp.delenv(var, raising=False)
+        return root, run_steps()
+
+
+@pytest.fixture
+def steps(trained, project):
+    """This test's project with the module's trained steps copied in (manifests are relative)."""
+    import shutil
+
+    root, done = trained
+    shutil.copytree(root / "data", project / "data")
+    return done
 
 
 def free_port() -> int:
@@ -83,6 +112,7 @@ def cli_env(root: Path, **extra: str) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(TESTS / "techniques"),
     )
     env.update(extra)
     return env
@@ -221,17 +251,20 @@ def s3(s3_endpoint, monkeypatch):
 # The pipeline's four steps, run in-process into flow slots (no Prefect)
 
 
-def run_steps(**overrides) -> dict:
-    """download -> vectorize -> train -> sample for text_lstm in GDL_ROOT; upstream manifests."""
+def run_steps(technique: str = FASTEST, **overrides) -> dict:
+    """download -> vectorize -> train -> sample in GDL_ROOT (flow slots, no Prefect)."""
     from flows.config import resolve_params
     from tasks import download, sample, train, vectorize
 
-    params = resolve_params("text_lstm", None, {f"text_lstm.{k}": v for k, v in overrides.items()})
-    raw = download.run("text_lstm", params, {})
-    processed = vectorize.run("text_lstm", params, {"download": raw})
-    model = train.run("text_lstm", params, {"vectorize": processed})
-    samples = sample.run("text_lstm", params, {"vectorize": processed, "train": model})
-    return {"params": params, "upstream": {"vectorize": processed, "train": model, "sample": samples}}
+    params = resolve_params(technique, None, {f"{technique}.{k}": v for k, v in overrides.items()})
+    raw = download.run(technique, params, {})
+    processed = vectorize.run(technique, params, {"download": raw})
+    model = train.run(technique, params, {"download": raw, "vectorize": processed})
+    samples = sample.run(technique, params, {"download": raw, "vectorize": processed, "train": model})
+    return {
+        "params": params,
+        "upstream": {"download": raw, "vectorize": processed, "train": model, "sample": samples},
+    }
 
 
 class _Proxy(BaseHTTPRequestHandler):

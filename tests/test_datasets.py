@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import Fixtures
 
-from models.datasets import FetchPolicy, decode_text, fetch, get_dataset
+from models import datasets
+from models.datasets import FetchPolicy, decode_text, get_dataset, resolve_location
 from models.files import GdlError
 
 FAST = FetchPolicy(attempts=3, backoff=0.05, timeout=1.0)
+
+
+def fetch(dataset, source, dest, raw_root, policy=FAST, log=lambda m: None):
+    """Resolve a source the way a technique's parameter is resolved, then fetch it."""
+    return datasets.fetch(dataset, resolve_location(dataset, source), dest, raw_root, policy, log=log)
 
 
 def _landed(dest: Path) -> list[str]:
@@ -21,7 +26,7 @@ def _landed(dest: Path) -> list[str]:
 
 @pytest.fixture
 def dataset():
-    return replace(get_dataset("nietzsche"), remote_sha256=None)
+    return get_dataset("nietzsche").model_copy(update={"sha256": None})
 
 
 def test_http_download_lands_whole_and_is_pinned(tmp_path, http_server, dataset):
@@ -34,7 +39,7 @@ def test_http_download_lands_whole_and_is_pinned(tmp_path, http_server, dataset)
 
 def test_known_hash_mismatch_is_an_error_leaving_nothing(tmp_path, http_server, dataset):
     url, _ = http_server
-    wrong = replace(dataset, remote=f"{url}/good", remote_sha256="0" * 64)
+    wrong = dataset.model_copy(update={"remote": f"{url}/good", "sha256": "0" * 64})
     with pytest.raises(GdlError, match="does not match the expected"):
         fetch(wrong, "remote", tmp_path / "d", tmp_path, FAST)
     assert _landed(tmp_path / "d") == []
@@ -146,3 +151,92 @@ def test_corpus_decode_policy(data, message):
 
 def test_utf8_with_bom_is_accepted():
     assert decode_text("\ufeffcafé".encode(), "x") == "café"
+
+
+def test_editing_one_catalog_entry_changes_only_that_entrys_downloads(tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from tasks.steps import input_key
+
+    catalog = tmp_path / "catalog.yaml"
+    shutil.copy(datasets.CATALOG, catalog)
+    monkeypatch.setattr(datasets, "CATALOG", catalog)
+
+    def keys() -> dict[str, str]:
+        return {
+            (name, source): input_key(get_dataset(name), resolve_location(get_dataset(name), source))
+            for name in ("nietzsche", "chelsea")
+            for source in ("remote", "offline")
+        }
+
+    before = keys()
+    entries = yaml.safe_load(catalog.read_text())
+    entries["chelsea"]["description"] = "reworded"
+    catalog.write_text(yaml.safe_dump(entries))
+    assert keys() == before  # descriptions do not change bytes
+    entries["chelsea"]["remote"] = "https://example.org/another-cat.png"
+    catalog.write_text(yaml.safe_dump(entries))
+    after = keys()
+    assert after[("chelsea", "remote")] != before[("chelsea", "remote")]
+    assert {k: v for k, v in after.items() if k != ("chelsea", "remote")} == {
+        k: v for k, v in before.items() if k != ("chelsea", "remote")
+    }
+
+
+def test_folder_and_array_inputs_from_s3_and_local_sources(tmp_path, s3):
+    import numpy as np
+
+    from models.files import npz_bytes
+    from models.images import png_bytes
+
+    client, bucket = s3
+    picture = png_bytes(np.zeros((8, 8, 3), np.uint8))
+    for key in ("imgs/a.png", "imgs/sub/b.png", "imgs/.hidden"):
+        client.put_object(Bucket=bucket, Key=key, Body=picture)
+    textures = get_dataset("textures")
+    got = fetch(textures, f"s3://{bucket}/imgs/", tmp_path / "s", tmp_path)
+    assert sorted(p.name for p in (tmp_path / "s" / "textures").rglob("*")) == ["a.png", "b.png", "sub"]
+    assert got["location"] == f"s3://{bucket}/imgs/"
+    # Arrays: an .npz without pickles, and MNIST's original IDX format (gzipped).
+    mnist = get_dataset("mnist").model_copy(update={"sha256": None})
+    npz = tmp_path / "digits.npz"
+    npz.write_bytes(npz_bytes({"x_train": np.zeros((2, 28, 28), np.uint8)}))
+    fetch(mnist, str(npz), tmp_path / "n", tmp_path)
+    assert datasets.load_arrays(tmp_path / "n" / "mnist.npz")["x_train"].shape == (2, 28, 28)
+    import gzip
+
+    idx = tmp_path / "labels.idx1-ubyte.gz"
+    idx.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([7, 1, 4])))
+    fetch(mnist, str(idx), tmp_path / "i", tmp_path)
+    assert datasets.load_arrays(tmp_path / "i" / "mnist.npz")["data"].tolist() == [7, 1, 4]
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(GdlError, match="pickled.npz"):
+        fetch(mnist, str(pickled), tmp_path / "p", tmp_path)
+    assert _landed(tmp_path / "p") == []
+
+
+def test_offline_image_folder_weights_and_digits_land_checked(tmp_path):
+    fetch(get_dataset("textures"), "offline", tmp_path / "t", tmp_path)
+    assert sorted(p.name for p in (tmp_path / "t" / "textures").iterdir()) == [
+        "brick.png",
+        "grass.png",
+        "gravel.png",
+    ]
+    got = fetch(get_dataset("chelsea"), "offline", tmp_path / "c", tmp_path)
+    assert got["sha256"] == get_dataset("chelsea").sha256  # the packaged file is the remote one
+    digits = fetch(get_dataset("mnist"), "offline", tmp_path / "m", tmp_path)
+    arrays = datasets.load_arrays(tmp_path / "m" / "mnist.npz")
+    assert arrays["x_train"].shape == (4000, 28, 28) and sorted(set(arrays["y_test"].tolist())) == list(
+        range(10)
+    )
+    assert digits == fetch(get_dataset("mnist"), "offline", tmp_path / "m2", tmp_path)  # same bytes twice
+    text = tmp_path / "not-weights.pth"
+    text.write_text("hello")
+    with pytest.raises(GdlError, match="is not a weights file"):
+        fetch(get_dataset("mobilenet_v2_imagenet"), str(text), tmp_path / "w", tmp_path)
+    with pytest.raises(GdlError, match="is not an image"):
+        fetch(get_dataset("chelsea"), str(text), tmp_path / "x", tmp_path)
+    assert _landed(tmp_path / "w") == [] and _landed(tmp_path / "x") == []

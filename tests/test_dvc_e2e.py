@@ -92,6 +92,17 @@ def test_repro_runs_once_then_only_what_a_param_change_touches(dvc_repo, prefect
     status = _sh(repo, "dvc", "status", env=env)
     assert "up to date" in status.stdout
 
+    # DVC tracks each catalog entry a stage reads, not the whole catalog.
+    catalog = repo / "models" / "catalog.yaml"
+    entries = yaml.safe_load(catalog.read_text())
+    entries["chelsea"]["description"] = "another cat"
+    catalog.write_text(yaml.safe_dump(entries, sort_keys=False))
+    assert "up to date" in _sh(repo, "dvc", "status", env=env).stdout
+    entries["nietzsche"]["remote"] = "https://example.org/elsewhere.txt"
+    catalog.write_text(yaml.safe_dump(entries, sort_keys=False))
+    changed = _sh(repo, "dvc", "status", env=env).stdout
+    assert "text_lstm-download" in changed and "nietzsche" in changed
+
 
 def test_killed_training_resumes_and_ends_with_the_same_epoch_count(dvc_repo):
     repo, env = dvc_repo
@@ -140,5 +151,5 @@ def test_datasets_and_checkpoints_round_trip_through_an_s3_dvc_remote(dvc_repo, 
     shutil.rmtree(repo / ".dvc" / "cache")
     _sh(repo, "dvc", "pull", "--with-deps", "text_lstm-train", env=env)
     assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
-    assert (repo / "data" / "raw" / "text_lstm" / "dvc" / "corpus.txt").is_file()
+    assert (repo / "data" / "raw" / "dvc" / "text_lstm" / "corpus" / "corpus.txt").is_file()
     assert "up to date" in _sh(repo, "dvc", "status", "text_lstm-train", env=env).stdout

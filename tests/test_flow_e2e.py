@@ -52,8 +52,9 @@ def test_second_run_hits_cache_and_changing_temperatures_reruns_only_sample_and_
         "text-lstm-summary",
         "text-lstm-loss-curve",
         "text-lstm-training",
-        "text-lstm-sample-0",
-        "text-lstm-sample-1",
+        "text-lstm-temperature-0-3",
+        "text-lstm-temperature-0-9",
+        "text-lstm-per-epoch",
     } <= keys
 
     nightly = gdl(project, "run", "all", env=env)

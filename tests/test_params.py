@@ -60,6 +60,25 @@ def test_bad_values_are_rejected_naming_the_parameter(project, setting, expected
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("text_lstm.source=ftp://x/y", "text_lstm.source='ftp://x/y' (input 'corpus'): unsupported source"),
+        ("text_lstm.dataset=nope", "(input 'corpus'): unknown dataset 'nope'; available: "),
+        ("text_lstm.dataset=vgg19_imagenet_notop", "dataset vgg19_imagenet_notop has no offline source"),
+        ("text_lstm.source={dir}", "is a folder, but dataset nietzsche is one text file"),
+        ("text_lstm.source={dir}/absent.txt", "absent.txt does not exist"),
+        ("text_lstm.source=s3://bucket-only", "expected s3://bucket/key"),
+    ],
+)
+def test_bad_dataset_or_source_is_rejected_before_any_work(project, tmp_path, setting, expected):
+    with pytest.raises(GdlError) as err:
+        resolve_params("text_lstm", None, overrides_from_cli([setting.format(dir=tmp_path)]))
+    message = str(err.value)
+    assert expected.format(dir=tmp_path) in message
+    assert "\n" not in message
+
+
 def test_unknown_section_and_malformed_set_are_rejected(project):
     with pytest.raises(GdlError, match="unknown parameter section 'txt_lstm'"):
         overrides_from_cli(["txt_lstm.epochs=3"])

@@ -12,11 +12,6 @@ from models.files import GdlError, safe_relpath
 from tasks import publish
 
 
-@pytest.fixture
-def steps(project):
-    return run_steps()
-
-
 def test_run_directory_holds_report_samples_and_a_true_manifest(project, steps):
     result = publish.run("text_lstm", steps["params"], steps["upstream"])
     run = project / result["run_dir"]
@@ -24,7 +19,7 @@ def test_run_directory_holds_report_samples_and_a_true_manifest(project, steps):
     for name in ("params.json", "metrics.json", "report.html", "manifest.json", "history.csv"):
         assert (run / name).is_file(), name
     samples = sorted(p.name for p in (run / "samples").glob("*.txt"))
-    assert samples == sorted(f"temperature_{t}.txt" for t in ("0.2", "0.5", "1", "1.2"))
+    assert samples == sorted(f"temperature_{t}.txt" for t in ("0.2", "0.5", "1.0", "1.2"))
     manifest = json.loads((run / "manifest.json").read_text())
     assert "samples/temperature_0.2.txt" in manifest["files"]
     for rel, entry in manifest["files"].items():

@@ -35,15 +35,12 @@ def test_a_second_machine_hits_the_cache_of_the_first_through_s3(project, tmp_pa
     assert (machine_b / run_dir / "report.html").is_file()
 
 
-def test_a_damaged_shared_copy_is_never_used(project, s3, monkeypatch):
-    from conftest import run_steps
-
+def test_a_damaged_shared_copy_is_never_used(project, steps, s3, monkeypatch):
     from tasks import shared
     from tasks.steps import read_marker
 
     client, bucket = s3
     monkeypatch.setenv("GDL_SHARED_STORAGE", f"s3://{bucket}/shared")
-    steps = run_steps()
     processed = project / steps["upstream"]["vectorize"]["dir"]
     key = read_marker(processed)["key"]
     assert shared.push_slot(project, processed)

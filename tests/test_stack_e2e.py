@@ -70,7 +70,13 @@ def stack(tmp_path_factory):
     shutil.copy(REPO / "prefect.yaml", repo / "prefect.yaml")
     write_params(repo)
     port = free_port()
-    env = cli_env(repo, PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2")
+    # Heartbeats every 10 s: a killed run is marked Crashed after 30 s instead of 90 s.
+    env = cli_env(
+        repo,
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_WORKER_PREFETCH_SECONDS="2",
+        GDL_HEARTBEAT_SECONDS="10",
+    )
     proc = subprocess.Popen(
         [str(BIN / "gdl"), "stack", "up", "--port", str(port)],
         cwd=repo,

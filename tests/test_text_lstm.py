@@ -6,12 +6,12 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TINY
 
-from models.files import GdlError
+from models.files import GdlError, digest_json
 from models.registry import StepContext, get
 from models.text_lstm import (
     CORPUS,
+    TINY,
     TextLSTMParams,
     TextSampler,
     build_model,
@@ -32,7 +32,8 @@ def vectorize(tmp_path, text: str, **kw):
     raw.mkdir(exist_ok=True)
     out.mkdir(exist_ok=True)
     (raw / "corpus.txt").write_text(text, encoding="utf-8")
-    meta = get("text_lstm").vectorize(params(**kw), StepContext({"download": raw}, out))
+    ctx = StepContext({}, out, inputs={"corpus": raw / "corpus.txt"})
+    meta = get("text_lstm").vectorize(params(**kw), ctx)
     return meta, out
 
 
@@ -122,6 +123,12 @@ def test_stateful_sampler_starts_from_the_same_distribution_as_the_window_sample
     assert sampler.generate(seed, [0.5, 1.0], 25, "stateful", seed=1).shape == (2, 25)
 
 
+def train_ctx(p, proc, ckpt, progress=None, log=lambda m: None) -> StepContext:
+    """The context the train step gets; its key (the checkpoint fingerprint) follows the params."""
+    extra = {"progress": progress} if progress else {}
+    return StepContext({"vectorize": proc}, ckpt, key=digest_json(p.subset("train")), log=log, **extra)
+
+
 def test_training_resumes_from_the_last_completed_epoch(tmp_path):
     t = get("text_lstm")
     _, proc = vectorize(tmp_path, TEXT)
@@ -138,15 +145,15 @@ def test_training_resumes_from_the_last_completed_epoch(tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        t.train(p, StepContext({"vectorize": proc}, ckpt, stop_after_two, logs.append))
-    resumed = t.train(p, StepContext({"vectorize": proc}, ckpt, log=logs.append))
+        t.train(p, train_ctx(p, proc, ckpt, stop_after_two, logs.append))
+    resumed = t.train(p, train_ctx(p, proc, ckpt, log=logs.append))
     assert any("resuming from epoch 2 of 3" in line for line in logs)
     assert resumed["epochs"] == 3 and resumed["resumed_from_epoch"] == 2
 
     # An uninterrupted run with the same params reaches the same weights.
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    straight = t.train(p, StepContext({"vectorize": proc}, fresh, log=lambda m: None))
+    straight = t.train(p, train_ctx(p, proc, fresh))
     assert straight["loss"] == pytest.approx(resumed["loss"], rel=1e-4)
 
 
@@ -155,10 +162,9 @@ def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
     _, proc = vectorize(tmp_path, TEXT)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    t.train(params(epochs=1), StepContext({"vectorize": proc}, ckpt, log=lambda m: None))
+    t.train(params(epochs=1), train_ctx(params(epochs=1), proc, ckpt))
     logs: list[str] = []
-    out = t.train(
-        params(epochs=1, learning_rate=0.002), StepContext({"vectorize": proc}, ckpt, log=logs.append)
-    )
+    other = params(epochs=1, learning_rate=0.002)
+    out = t.train(other, train_ctx(other, proc, ckpt, log=logs.append))
     assert out["resumed_from_epoch"] == 0
     assert any("starting over" in line for line in logs)

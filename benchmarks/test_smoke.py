@@ -1,15 +1,16 @@
-"""The benchmark script runs and reports its ratios (numbers go in notes, never in assertions)."""
+"""The benchmark scripts run and report their ratios (numbers go in notes, never in assertions).
+
+Not part of the test suite (pytest's testpaths is tests/): `make bench-smoke` runs it.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-import pytest
-from conftest import REPO
-
-pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_text_sampling_benchmark_prints_its_ratios_as_json():

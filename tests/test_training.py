@@ -1,0 +1,185 @@
+"""The shared training runtimes: the resumable optimisation loop and fit's failure handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from models.files import GdlError
+from models.training import fit_resumable, optimize_resumable
+
+# A small problem with optimizer state (Adam's moments): pull x towards a target.
+PROBLEM = """
+import keras, numpy as np, tensorflow as tf
+target = tf.constant(np.linspace(-1, 1, 12, dtype="float32").reshape(3, 4))
+x = keras.Variable(np.zeros((3, 4), "float32"), name="x")
+opt = keras.optimizers.Adam(learning_rate=0.05)
+
+@tf.function
+def step(i):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(x - target))
+    opt.apply_gradients([(tape.gradient(loss, x), x)])
+    return {"loss": loss}
+"""
+
+
+def _problem():
+    scope: dict = {}
+    exec(PROBLEM, scope)  # noqa: S102 (the test's own code)
+    return scope["x"], scope["opt"], scope["step"]
+
+
+def _run(ckpt, iterations=40, stop=None, key="k", progress=lambda *a: None, log=lambda m: None, fail_at=None):
+    x, opt, compiled = _problem()
+
+    def step(i):
+        if i == fail_at:
+            raise Interrupt
+        return compiled(i)
+
+    result = optimize_resumable(
+        ckpt_dir=ckpt,
+        fingerprint=key,
+        variables={"x": x},
+        optimizer=opt,
+        step=step,
+        iterations=iterations,
+        checkpoint_every=5,
+        should_stop=stop,
+        progress=progress,
+        log=log,
+    )
+    return x.numpy(), result
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_optimisation_resumes_to_the_same_result(tmp_path):
+    straight, _ = _run(tmp_path / "a")
+    with pytest.raises(Interrupt):
+        _run(tmp_path / "b", fail_at=17)
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert state["iteration"] == 15  # the last checkpoint before the interruption
+    logs: list[str] = []
+    resumed, result = _run(tmp_path / "b", log=logs.append)
+    assert result["resumed_from"] == 15 and result["iterations"] == 40
+    assert any("resuming from iteration 15 of 40" in line for line in logs)
+    np.testing.assert_allclose(resumed, straight, rtol=0, atol=1e-6)  # optimizer state restored too
+    assert len(result["history"]["loss"]) == 40
+
+
+def test_killed_optimisation_resumes_after_kill_9(tmp_path):
+    script = tmp_path / "opt.py"
+    ckpt = tmp_path / "ckpt"
+    head = f"import sys, time\nsys.path.insert(0, {str(REPO)!r})\n"
+    tail = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from models.training import optimize_resumable
+        slow = float(sys.argv[1])
+        def timed(i):
+            time.sleep(slow)
+            return step(i)
+        optimize_resumable(ckpt_dir=Path({str(ckpt)!r}), fingerprint="k", variables={{"x": x}},
+            optimizer=opt, step=timed, iterations=60, checkpoint_every=5,
+            progress=lambda *a: None, log=print)
+        np.save(Path({str(tmp_path)!r}) / ("final-" + sys.argv[2] + ".npy"), x.numpy())
+        """
+    )
+    script.write_text(head + PROBLEM + tail)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, str(script), "0.05", "killed"], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = ckpt / "state.json"
+        if state.exists() and json.loads(state.read_text())["iteration"] >= 20:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads((ckpt / "state.json").read_text())["iteration"]
+    assert 20 <= done < 60, "the process was killed mid-run"
+    again = subprocess.run(
+        [sys.executable, str(script), "0", "resumed"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from iteration {done} of 60" in again.stdout
+    straight = tmp_path / "straight"
+    x, opt, step = _problem()
+    optimize_resumable(
+        ckpt_dir=straight, fingerprint="k", variables={"x": x}, optimizer=opt, step=step,
+        iterations=60, checkpoint_every=5, progress=lambda *a: None, log=lambda m: None,
+    )  # fmt: skip
+    np.testing.assert_allclose(np.load(tmp_path / "final-resumed.npy"), x.numpy(), atol=1e-6)
+
+
+def test_early_stop_is_recorded_and_not_undone_by_a_rerun(tmp_path):
+    _, result = _run(tmp_path, stop=lambda m: m["loss"] < 0.2)
+    assert result["stopped_early"] and result["iterations"] < 40
+    again_x, again = _run(tmp_path, stop=lambda m: m["loss"] < 0.2)
+    assert again["iterations"] == result["iterations"] and again["resumed_from"] == result["iterations"]
+
+
+def test_a_checkpoint_with_another_fingerprint_is_not_resumed(tmp_path):
+    _run(tmp_path, iterations=10)
+    logs: list[str] = []
+    _, result = _run(tmp_path, iterations=10, key="other", log=logs.append)
+    assert result["resumed_from"] == 0
+    assert any("starting over" in line for line in logs)
+
+
+def test_progress_is_reported_with_the_total_and_at_the_end(tmp_path):
+    seen: list[tuple[float, int]] = []
+    _run(tmp_path, iterations=12, progress=lambda done, total, logs: seen.append((done, total)))
+    assert seen[-1] == (12, 12)
+    assert all(total == 12 for _, total in seen)
+
+
+def test_non_finite_loss_stops_with_a_clear_error_keeping_the_last_checkpoint(tmp_path):
+    import keras
+
+    x = keras.Variable(np.ones(3, "float32"))
+
+    def step(i):
+        return {"loss": float("nan") if i == 7 else 1.0}
+
+    with pytest.raises(GdlError, match="optimisation diverged at iteration 8: loss=nan"):
+        optimize_resumable(
+            ckpt_dir=tmp_path, fingerprint="k", variables={"x": x}, step=step, iterations=20,
+            checkpoint_every=5, progress=lambda *a: None, log=lambda m: None,
+        )  # fmt: skip
+    assert json.loads((tmp_path / "state.json").read_text())["iteration"] == 5
+
+
+def test_fit_stops_on_a_nan_loss_naming_the_epoch(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    def build():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        return model
+
+    def data(epoch):
+        x = np.ones((8, 2), "float32")
+        y = np.full((8, 1), np.nan if epoch == 1 else 1.0, "float32")
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+
+    with pytest.raises(GdlError, match="training diverged in epoch 2: loss=nan"):
+        fit_resumable(
+            ckpt_dir=tmp_path, fingerprint="k", epochs=3, build_model=build, train_data=data,
+            val_data=None, samples_per_epoch=8, progress=lambda *a: None, log=lambda m: None,
+        )  # fmt: skip
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
