@@ -416,10 +416,8 @@ def sample(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
     per_epoch = []
     if p.epoch_sample_length:
         for weights in sorted((ctx.upstream["train"] / EPOCH_WEIGHTS).glob("epoch-*.weights.h5")):
-            model.load_weights(weights)
-            rows = TextSampler(model).generate(
-                seed_ids, p.temperatures, p.epoch_sample_length, p.sampler, p.seed
-            )
+            model.load_weights(weights)  # into the same variables: the compiled sampler is reused
+            rows = sampler.generate(seed_ids, p.temperatures, p.epoch_sample_length, p.sampler, p.seed)
             epoch = int(weights.name.split("-")[1].split(".")[0])
             per_epoch += [
                 {"epoch": epoch, "temperature": t, "text": "".join(vocab[i] for i in row)}

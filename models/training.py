@@ -102,15 +102,24 @@ class _Throttled:
 
 
 def _progress_callback(epoch: int, epochs: int, steps: int | None, report: _Throttled):
-    """A Keras callback: Keras' progress bar per epoch, and fractional progress to `report`."""
+    """A Keras callback: Keras' progress bar per epoch, and fractional progress to `report`.
+
+    Reading the logs forces TensorFlow to finish the step (no overlap with the input pipeline:
+    measured 30% slower on 2 cores when done every batch), so they are read twice a second only.
+    """
     import keras
 
     class Progress(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch_index, logs=None):
             print(f"Epoch {epoch + 1}/{epochs}", flush=True)
             self.bar = progress_bar(steps)
+            self.last = time.monotonic()
 
         def on_train_batch_end(self, batch, logs=None):
+            now = time.monotonic()
+            if now - self.last < 0.5:
+                return
+            self.last = now
             values = [(k, float(v)) for k, v in (logs or {}).items()]
             self.bar.update(batch + 1, values=values, finalize=False)
             # Whole numbers mean "epoch done and checkpointed": within an epoch stay below them.
@@ -119,7 +128,7 @@ def _progress_callback(epoch: int, epochs: int, steps: int | None, report: _Thro
 
         def on_epoch_end(self, epoch_index, logs=None):
             values = [(k, float(v)) for k, v in (logs or {}).items()]
-            self.bar.update(self.bar._seen_so_far, values=values, finalize=True)
+            self.bar.update(steps or self.bar._seen_so_far, values=values, finalize=True)
 
     return Progress()
 
