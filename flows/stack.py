@@ -80,7 +80,10 @@ HEARTBEAT = 30
 
 
 def heartbeat_seconds() -> int:
-    return int(env_number("GDL_HEARTBEAT_SECONDS", HEARTBEAT, int))
+    seconds = int(env_number("GDL_HEARTBEAT_SECONDS", HEARTBEAT, int))
+    if seconds < 30:  # Prefect's own lower bound: its server refuses to start below it
+        raise GdlError(f"GDL_HEARTBEAT_SECONDS={seconds}: Prefect needs at least 30")
+    return seconds
 
 
 def zombie_automation(heartbeat: int) -> dict:

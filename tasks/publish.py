@@ -130,7 +130,9 @@ def assemble(
     prov = provenance(technique, p, upstream, run_id, created_at)
     files = report_files(report)
     write_json_atomic(run / "params.json", {"technique": technique, "params": prov.params})
-    write_json_atomic(run / "metrics.json", report.metrics)
+    # The weights a run used belong with its numbers (a metric of every technique that has any).
+    metrics = {**report.metrics, **({"weights": report.weights} if report.weights else {})}
+    write_json_atomic(run / "metrics.json", metrics)
     write_bytes_atomic(run / "history.csv", history_csv(report.history, t.history_x))
     for name, data in files.items():
         write_bytes_atomic(run / name, data)

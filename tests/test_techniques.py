@@ -36,6 +36,9 @@ def test_every_technique_runs_its_real_steps_and_publishes_a_full_report(with_te
     assert manifest["headline"] == list(t.headline)
     assert t.headline[0] in metrics, "the first headline metric is what the gallery charts"
     html = (run / "report.html").read_text()
+    built = publish.assemble(technique, steps["params"], steps["upstream"], run)
+    if built["report"].weights:  # the weights a run used are in its metrics and on its page
+        assert metrics["weights"] == built["report"].weights and built["report"].weights in html
     # Provenance on every page, without the technique writing it.
     for heading in ("Provenance", "Hyperparameters", "Steps", "Data"):
         assert f">{heading}<" in html
@@ -43,7 +46,6 @@ def test_every_technique_runs_its_real_steps_and_publishes_a_full_report(with_te
         assert entry["sha256"] in html and name in html
     history = (run / "history.csv").read_text().splitlines()
     assert history[0].split(",")[0] == t.history_x
-    built = publish.assemble(technique, steps["params"], steps["upstream"], run)
     for name in built["files"]:
         assert (run / name).is_file() and name in manifest["files"]
     plan = artifact_plan(built["report"], built["provenance"], built["files"], "here")
