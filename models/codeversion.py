@@ -21,7 +21,7 @@ import hashlib
 import importlib
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class _Module:
     path: Path
     definitions: dict[str, ast.AST]  # top-level name -> the node that defines it
     imports: dict[str, tuple[str, str]]  # local name -> (module, name) for `from <ours> import`
+    facts: dict[str, tuple[str, list[tuple[str, str]]]] = field(default_factory=dict)  # see _facts
 
 
 def _strip_docstrings(node: ast.AST) -> ast.AST:
@@ -52,6 +53,11 @@ def _strip_docstrings(node: ast.AST) -> ast.AST:
 
 
 def _is_ours(module_name: str) -> bool:
+    return _is_ours_under(module_name, PROJECT_ROOT)
+
+
+@cache
+def _is_ours_under(module_name: str, root: Path) -> bool:
     module = sys.modules.get(module_name)
     if module is None:
         try:
@@ -62,7 +68,7 @@ def _is_ours(module_name: str) -> bool:
     if not path:
         return False
     path = Path(path).resolve()
-    return path.is_relative_to(PROJECT_ROOT) and ".venv" not in path.relative_to(PROJECT_ROOT).parts
+    return path.is_relative_to(root) and ".venv" not in path.relative_to(root).parts
 
 
 @cache
@@ -155,6 +161,29 @@ def _referenced_names(node: ast.AST) -> set[str]:
     return _free(node)
 
 
+def _facts(module: _Module, name: str) -> tuple[str, list[tuple[str, str]]]:
+    """The dump of a definition and the (module, name) pairs it refers to (computed once per
+    parsed source)."""
+    if name not in module.facts:
+        node = module.definitions[name]
+        refs = [
+            (module.name, r)
+            for r in _referenced_names(node)
+            if r in module.definitions or r in module.imports
+        ]
+        # Imports inside functions (this project imports lazily) are followed like top-level ones.
+        for inner in ast.walk(node):
+            if (
+                isinstance(inner, ast.ImportFrom)
+                and inner.module
+                and inner.level == 0
+                and _is_ours(inner.module)
+            ):
+                refs.extend((inner.module, alias.name) for alias in inner.names)
+        module.facts[name] = (ast.dump(node, include_attributes=False), refs)
+    return module.facts[name]
+
+
 def closure(roots: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Every definition reachable from `roots` ((module, top-level name) pairs), as
     `"module:name" -> ast.dump` of its defining node."""
@@ -168,25 +197,11 @@ def closure(roots: Iterable[tuple[str, str]]) -> dict[str, str]:
             if _is_ours(source_module):
                 todo.append((source_module, source_name))
             continue
-        node = module.definitions.get(name)
-        if node is None:
-            continue  # a builtin, a library name, or a local variable
         label = f"{module_name}:{name}"
-        if label in found:
-            continue
-        found[label] = ast.dump(node, include_attributes=False)
-        for ref in _referenced_names(node):
-            if ref in module.definitions or ref in module.imports:
-                todo.append((module_name, ref))
-        # Imports inside functions (this project imports lazily) are followed like top-level ones.
-        for inner in ast.walk(node):
-            if (
-                isinstance(inner, ast.ImportFrom)
-                and inner.module
-                and inner.level == 0
-                and _is_ours(inner.module)
-            ):
-                todo.extend((inner.module, alias.name) for alias in inner.names)
+        if name not in module.definitions or label in found:
+            continue  # a builtin, a library name or a local variable; or seen already
+        found[label], refs = _facts(module, name)
+        todo.extend(refs)
     return found
 
 

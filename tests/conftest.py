@@ -273,6 +273,9 @@ class _Proxy(BaseHTTPRequestHandler):
     target = ""
     budget = 0
     seen = 0
+    # HTTP/1.1 answers boto's `Expect: 100-continue` at once; under HTTP/1.0 every upload with a
+    # body waited a second for a "100 Continue" that never came.
+    protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
         pass
