@@ -64,7 +64,10 @@ def main(argv: list[str]) -> int:
             if rc:
                 return rc
         # pytest exits 5 when it collected no test: that is a failure here, like any other code.
-        cmd = [str(BIN / "python"), "-m", "pytest", "-ra", *argv[1:]]
+        # Two workers, one test file each at a time: most end-to-end time is spent waiting on
+        # servers and subprocesses, so a second file runs in that time (tests/conftest.py starts
+        # the longest files first).
+        cmd = [str(BIN / "python"), "-m", "pytest", "-ra", "-n", "2", "--dist", "loadfile", *argv[1:]]
         rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
         if rc == 5:
             print("pytest collected no tests: failing", file=sys.stderr)

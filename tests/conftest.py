@@ -29,6 +29,19 @@ TEST_TECHNIQUES = "tiny_image"
 FASTEST = "text_lstm"
 
 
+# The longest test files, longest first: with two workers (`-n 2 --dist loadfile`) they start at
+# once instead of last, so the run ends when the longest file does, not after it.
+LONGEST_FIRST = ("test_stack_e2e.py", "test_dvc_e2e.py", "test_flow_e2e.py", "test_shared_storage.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each file is kept
+
+
 def tiny(technique: str) -> dict:
     """The technique's tiny setting: seconds on a CPU, every code path."""
     from models.registry import get
