@@ -21,6 +21,8 @@ from tasks.steps import (
 
 # Task-level retries of the network steps, on top of the retries inside fetch/upload.
 TASK_RETRIES = int(env_number("GDL_TASK_RETRIES", 1, int))
+# Every step's result is a small JSON manifest, persisted so a later run can take it from the cache.
+PERSISTED = {"persist_result": True, "result_serializer": "json"}
 
 
 def transient_only(task, task_run, state) -> bool:
@@ -34,6 +36,12 @@ def transient_only(task, task_run, state) -> bool:
     except Exception:
         return True
     return False
+
+
+def network_retries() -> dict:
+    """Task options of the network steps (download, publish): retried once more on top of their
+    own retries, for a worker whose network was briefly gone, on transient errors only."""
+    return {"retries": TASK_RETRIES, "retry_condition_fn": transient_only, "retry_delay_seconds": 10}
 
 
 def artifact_key(technique: str, name: str) -> str:

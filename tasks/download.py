@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 
 from tasks import shared
-from tasks._prefect import TASK_RETRIES, logger, step_cache_key, transient_only
+from tasks._prefect import PERSISTED, logger, network_retries, step_cache_key
 from tasks.steps import Manifest, project_root
 from tasks.steps import download as download_inputs
 
@@ -25,14 +25,6 @@ def run(technique: str, params: dict[str, Any], upstream: dict[str, Manifest], d
 
 # Network step: fetch() already retries transient failures with backoff; the task retries once
 # more on top, for a worker whose network was briefly gone.
-@task(
-    name="download",
-    cache_key_fn=step_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    retries=TASK_RETRIES,
-    retry_condition_fn=transient_only,
-    retry_delay_seconds=10,
-)
+@task(name="download", cache_key_fn=step_cache_key, **PERSISTED, **network_retries())
 def download(technique: str, params: dict[str, Any], upstream: dict[str, Manifest]) -> Manifest:
     return run(technique, params, upstream)

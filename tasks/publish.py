@@ -47,7 +47,7 @@ from models.files import (
 from models.gallery import GALLERY, collect_runs, local_runs, render_gallery
 from models.registry import get
 from models.report import Provenance, artifact_plan, history_csv, render_html, report_files
-from tasks._prefect import TASK_RETRIES, artifact_key, in_run, logger, transient_only
+from tasks._prefect import PERSISTED, artifact_key, in_run, logger, network_retries
 from tasks.steps import MARKER, Manifest, data_dir, git_version, project_root, run_dir_of
 
 MANIFEST = "manifest.json"
@@ -339,14 +339,6 @@ def _publish_key(context, parameters) -> str:
 
 
 # Network step: uploads retry with backoff inside; one more task-level retry for a worker hiccup.
-@task(
-    name="publish",
-    cache_key_fn=_publish_key,
-    persist_result=True,
-    result_serializer="json",
-    retries=TASK_RETRIES,
-    retry_condition_fn=transient_only,
-    retry_delay_seconds=10,
-)
+@task(name="publish", cache_key_fn=_publish_key, **PERSISTED, **network_retries())
 def publish(technique: str, params: dict[str, Any], upstream: dict[str, Manifest]) -> dict:
     return run(technique, params, upstream)

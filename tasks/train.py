@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks._prefect import artifact_key, in_run, runner, step_cache_key
+from tasks._prefect import PERSISTED, artifact_key, in_run, runner, step_cache_key
 from tasks.steps import Manifest
 
 run = runner("train", lambda t, p, ctx: t.train(p, ctx))
@@ -38,6 +38,6 @@ def _progress_artifact(technique: str):
     return report
 
 
-@task(name="train", cache_key_fn=step_cache_key, persist_result=True, result_serializer="json")
+@task(name="train", cache_key_fn=step_cache_key, **PERSISTED)
 def train(technique: str, params: dict[str, Any], upstream: dict[str, Manifest]) -> Manifest:
     return run(technique, params, upstream, progress=_progress_artifact(technique))

@@ -6,12 +6,12 @@ from typing import Any
 
 from prefect import task
 
-from tasks._prefect import runner, step_cache_key
+from tasks._prefect import PERSISTED, runner, step_cache_key
 from tasks.steps import Manifest
 
 run = runner("vectorize", lambda t, p, ctx: t.vectorize(p, ctx))
 
 
-@task(name="vectorize", cache_key_fn=step_cache_key, persist_result=True, result_serializer="json")
+@task(name="vectorize", cache_key_fn=step_cache_key, **PERSISTED)
 def vectorize(technique: str, params: dict[str, Any], upstream: dict[str, Manifest]) -> Manifest:
     return run(technique, params, upstream)

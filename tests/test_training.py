@@ -95,12 +95,11 @@ def test_killed_optimisation_resumes_after_kill_9(tmp_path):
         optimize_resumable(ckpt_dir=Path({str(ckpt)!r}), fingerprint="k", variables={{"x": x}},
             optimizer=opt, step=timed, iterations=60, checkpoint_every=5,
             progress=lambda *a: None, log=print)
-        np.save(Path({str(tmp_path)!r}) / ("final-" + sys.argv[2] + ".npy"), x.numpy())
         """
     )
     script.write_text(head + PROBLEM + tail)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, str(script), "0.05", "killed"], env=env)
+    proc = subprocess.Popen([sys.executable, str(script), "0.05"], env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         state = ckpt / "state.json"
@@ -111,18 +110,22 @@ def test_killed_optimisation_resumes_after_kill_9(tmp_path):
     proc.wait()
     done = json.loads((ckpt / "state.json").read_text())["iteration"]
     assert 20 <= done < 60, "the process was killed mid-run"
-    again = subprocess.run(
-        [sys.executable, str(script), "0", "resumed"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resuming from iteration {done} of 60" in again.stdout
-    straight = tmp_path / "straight"
+    # Resumed here (what matters is what the killed process left on disk), and compared with an
+    # uninterrupted run of the same problem.
+    logs: list[str] = []
     x, opt, step = _problem()
     optimize_resumable(
-        ckpt_dir=straight, fingerprint="k", variables={"x": x}, optimizer=opt, step=step,
+        ckpt_dir=ckpt, fingerprint="k", variables={"x": x}, optimizer=opt, step=step,
+        iterations=60, checkpoint_every=5, progress=lambda *a: None, log=logs.append,
+    )  # fmt: skip
+    assert f"resuming from iteration {done} of 60" in logs
+    resumed = x.numpy()
+    x, opt, step = _problem()
+    optimize_resumable(
+        ckpt_dir=tmp_path / "straight", fingerprint="k", variables={"x": x}, optimizer=opt, step=step,
         iterations=60, checkpoint_every=5, progress=lambda *a: None, log=lambda m: None,
     )  # fmt: skip
-    np.testing.assert_allclose(np.load(tmp_path / "final-resumed.npy"), x.numpy(), atol=1e-6)
+    np.testing.assert_allclose(resumed, x.numpy(), atol=1e-6)
 
 
 def test_early_stop_is_recorded_and_not_undone_by_a_rerun(tmp_path):
