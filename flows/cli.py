@@ -77,11 +77,36 @@ def cmd_stage(args) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = resolve_params(args.technique, None, None)
+    if args.step == "download":
+        _check_dvc_tracks_inputs(args.technique, params)
     module = importlib.import_module(f"tasks.{args.step}")
     result = module.run(args.technique, params, dvc_upstream(args.technique, args.step), dvc=True)
     print(
         result.get("run_dir") or result.get("dir") or ", ".join(e["dir"] for e in result["inputs"].values())
     )
+
+
+def _check_dvc_tracks_inputs(technique: str, params: dict) -> None:
+    """DVC re-runs a download when a catalog entry it declares changes; an entry params.yaml
+    selects but dvc.yaml does not declare would go unnoticed: refuse, saying how to fix it."""
+    import yaml
+
+    from models.registry import get
+    from tasks.steps import project_root
+
+    dvc_yaml = project_root() / "dvc.yaml"
+    if not dvc_yaml.exists():
+        return
+    stage = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).get(f"{technique}-download", {})
+    declared = {d for p in stage.get("params", []) if isinstance(p, dict) for ds in p.values() for d in ds}
+    t = get(technique)
+    used = {d for d, _ in t.active_inputs(t.params_model(**params)).values()}
+    missing = sorted(used - declared)
+    if missing:
+        raise GdlError(
+            f"params.yaml selects catalog entr{'ies' if len(missing) > 1 else 'y'} {', '.join(missing)} "
+            f"for {technique}, which dvc.yaml does not track: run `gdl dvc-yaml --write` first"
+        )
 
 
 def cmd_params(args) -> None:

@@ -22,6 +22,24 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def tracked_datasets(root: Path, name: str) -> list[str]:
+    """The catalog entries a technique's download stage declares: those of its book and demo
+    settings, and those params.yaml selects in either profile."""
+    from flows.config import resolve_params
+    from models.files import GdlError
+    from models.params import PROFILES
+
+    t = techniques()[name]
+    found = list(t.dataset_names)
+    for profile in PROFILES:
+        try:
+            p = t.params_model(**resolve_params(name, profile))
+        except GdlError:
+            continue  # a params.yaml that does not validate fails in `gdl stage`, not here
+        found += [d for d, _ in t.active_inputs(p).values()]
+    return list(dict.fromkeys(found))
+
+
 def stages(root: Path) -> dict:
     out = {}
     pkg_root = Path(__file__).resolve().parent.parent
@@ -33,7 +51,7 @@ def stages(root: Path) -> dict:
                 f"${{profile}}.{name}.{f}" for f in t.params_model.fields_for_step(step)
             ]
             if step == "download":  # each catalog entry the technique reads, as a parameter
-                params.append({_rel(CATALOG, pkg_root): list(t.dataset_names)})
+                params.append({_rel(CATALOG, pkg_root): tracked_datasets(root, name)})
             stage = {"cmd": f"gdl stage {name} {step}", "deps": deps, "params": params}
             if step == "publish":
                 run = run_dir(root, name, DVC_SLOT)

@@ -86,9 +86,12 @@ def heartbeat_seconds() -> int:
     return seconds
 
 
+ZOMBIE_PREFIX = "gdl: crash flow runs whose heartbeats stopped for"
+
+
 def zombie_automation(heartbeat: int) -> dict:
     return {
-        "name": f"gdl: crash flow runs whose heartbeats stopped for {3 * heartbeat} s",
+        "name": f"{ZOMBIE_PREFIX} {3 * heartbeat} s",
         "description": "Created by `gdl stack up`.",
         "enabled": True,
         "trigger": {
@@ -131,6 +134,11 @@ def _ensure_zombie_automation(api: str) -> None:
     try:
         existing = call("/automations/filter", {})
         automation = zombie_automation(heartbeat_seconds())
+        # One of ours for another heartbeat would crash healthy runs: replace it.
+        for old in existing:
+            if old["name"].startswith(ZOMBIE_PREFIX) and old["name"] != automation["name"]:
+                req = urllib.request.Request(f"{api}/automations/{old['id']}", method="DELETE")
+                urllib.request.urlopen(req, timeout=30).close()
         if not any(a["name"] == automation["name"] for a in existing):
             call("/automations/", automation)
     except OSError as exc:  # HTTPError and URLError are OSErrors

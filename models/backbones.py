@@ -22,8 +22,10 @@ a `.weights.h5`, a `.keras` model, or none (random initialisation).
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +286,48 @@ def _load_weights_strictly(model, path: Path) -> None:
         raise GdlError(f"weights {path.name} do not fit the {model.name} backbone ({skipped[0][:160]})")
 
 
+def weights_format(path: Path) -> str:
+    """ "torch", "keras" (a .keras model), "h5-legacy" (what Keras' applications download) or
+    "h5" (Keras 3 `.weights.h5`), from the file's content: downloads land under the catalog's
+    file name, whatever the user's file was called."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head[:1] == b"\x80":
+        return "torch"
+    if head[:4] == b"PK\x03\x04":
+        import zipfile
+
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        if "config.json" in names:
+            return "keras"
+    if head == b"\x89HDF\r\n\x1a\n":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return "h5-legacy" if "layer_names" in f.attrs or "model_weights" in f else "h5"
+    raise GdlError(
+        f"{path.name} is not a weights file (expected a torch .pth, a Keras .h5/.weights.h5 or .keras)"
+    )
+
+
+SUFFIXES = {"keras": ".keras", "h5": ".weights.h5", "h5-legacy": ".h5"}
+
+
+@contextlib.contextmanager
+def _named(path: Path, suffix: str) -> Iterator[Path]:
+    """`path` under a name ending in `suffix` (Keras picks its reader by the file name)."""
+    if path.name.endswith(suffix) and not (suffix == ".h5" and path.name.endswith(".weights.h5")):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="gdl-weights-") as tmp:
+        link = Path(tmp) / f"weights{suffix}"
+        link.symlink_to(path.resolve())
+        yield link
+
+
 def load_backbone(
     name: str, weights: Path | None, include_top: bool = False, input_shape: tuple | None = None
 ) -> tuple[Any, str]:
@@ -302,33 +346,36 @@ def load_backbone(
     digest = sha256_file(path)
     described = f"{path.name}, sha256 {digest[:12]}"
     try:
-        if path.name.endswith(".keras"):
-            from models.training import load_model
+        kind = weights_format(path)
+        if kind == "torch":
+            if name != "mobilenet_v2":
+                raise GdlError(f"{path.name}: torch checkpoints are read for mobilenet_v2 only, not {name}")
+            from models.torch_checkpoint import read_state_dict
 
-            model = load_model(path)
-            if SIGNATURE_LAYERS[name] not in {layer.name for layer in model.layers}:
-                raise GdlError(
-                    f"{path.name} is not a {name} model (it has no layer {SIGNATURE_LAYERS[name]!r})"
-                )
-            return model, f"{name}: Keras model {described}"
-        if name == "mobilenet_v2":
             model = build_mobilenet_v2(input_shape or (None, None, 3), include_top)
-            if path.suffix == ".pth":
-                from models.torch_checkpoint import read_state_dict
+            load_torch_mobilenet_v2(model, read_state_dict(path), path.name)
+            which = "ImageNet MobileNetV2" if digest == TORCHVISION_IMAGENET_SHA256 else "MobileNetV2"
+            return model, f"{which} (torchvision checkpoint {described}), ported to Keras"
+        with _named(path, SUFFIXES[kind]) as named:
+            if kind == "keras":
+                from models.training import load_model
 
-                load_torch_mobilenet_v2(model, read_state_dict(path), path.name)
-                which = "ImageNet MobileNetV2" if digest == TORCHVISION_IMAGENET_SHA256 else "MobileNetV2"
-                return model, f"{which} (torchvision checkpoint {described}), ported to Keras"
-            _load_weights_strictly(model, path)
-            return model, f"{name}: weights {described}"
-        if path.suffix == ".pth":
-            raise GdlError(f"{path.name}: torch checkpoints are read for mobilenet_v2 only, not {name}")
-        if path.name.endswith(".weights.h5"):
-            model = _keras_application(name, None, include_top, input_shape)
-            _load_weights_strictly(model, path)
-        else:
-            model = _keras_application(name, str(path), include_top, input_shape)
-        return model, f"ImageNet {name} (Keras weights {described})"
+                model = load_model(named)
+                if SIGNATURE_LAYERS[name] not in {layer.name for layer in model.layers}:
+                    raise GdlError(
+                        f"{path.name} is not a {name} model (it has no layer {SIGNATURE_LAYERS[name]!r})"
+                    )
+                return model, f"{name}: Keras model {described}"
+            if name == "mobilenet_v2" or kind == "h5":
+                model = (
+                    build_mobilenet_v2(input_shape or (None, None, 3), include_top)
+                    if name == "mobilenet_v2"
+                    else _keras_application(name, None, include_top, input_shape)
+                )
+                _load_weights_strictly(model, named)
+                return model, f"{name}: Keras weights {described}"
+            model = _keras_application(name, str(named), include_top, input_shape)
+            return model, f"ImageNet {name} (Keras weights {described})"
     except GdlError:
         raise
     except (ValueError, OSError, KeyError, TypeError) as exc:

@@ -4,7 +4,9 @@ A step's cache key must change when the code that computes its output changes, a
 editing a technique's sampler must not retrain its model, and editing report styling must not
 re-run anything but publishing. Module-level hashing cannot tell those apart, so the version of a
 function is computed from its syntax tree and from the trees of every module-level definition it
-refers to, followed transitively through this project's modules (`from models.x import y`).
+refers to, followed transitively through this project's modules: `from models.x import y`, and
+`from models import x` / `import models.x as x` followed by `x.y`, at module level or inside
+functions.
 
 The trees are compared without docstrings, comments or formatting (`ast.dump`), so rewording a
 comment or reformatting a file keeps every cache. References are found by name: attribute access
@@ -19,8 +21,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib
-import sys
-from collections.abc import Callable, Iterable
+import importlib.util
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -33,8 +35,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class _Module:
     name: str
     path: Path
-    definitions: dict[str, ast.AST]  # top-level name -> the node that defines it
+    definitions: dict[str, list[ast.AST]]  # top-level name -> every statement that (re)defines it
     imports: dict[str, tuple[str, str]]  # local name -> (module, name) for `from <ours> import`
+    aliases: dict[str, str]  # local name -> module, for `from <pkg> import <module>` and `import x as m`
     facts: dict[str, tuple[str, list[tuple[str, str]]]] = field(default_factory=dict)  # see _facts
 
 
@@ -58,38 +61,83 @@ def _is_ours(module_name: str) -> bool:
 
 @cache
 def _is_ours_under(module_name: str, root: Path) -> bool:
-    module = sys.modules.get(module_name)
-    if module is None:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            return False
-    path = getattr(module, "__file__", None)
-    if not path:
+    """Whether a module belongs to this project, judged by where its top-level package lives
+    (found without importing anything: a library's submodule is never imported for this)."""
+    try:
+        spec = importlib.util.find_spec(module_name.split(".")[0])
+    except (ImportError, ValueError):
         return False
-    path = Path(path).resolve()
+    origin = spec.origin if spec else None
+    if not origin or origin in ("built-in", "frozen"):
+        return False
+    path = Path(origin).resolve()
     return path.is_relative_to(root) and ".venv" not in path.relative_to(root).parts
+
+
+def _is_module(name: str) -> bool:
+    if not _is_ours(name):
+        return False
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Top-level statements, including those inside top-level `if`, `try` and `with` blocks."""
+    for node in body:
+        if isinstance(node, ast.If | ast.Try | ast.With):
+            yield from _statements([*node.body, *getattr(node, "orelse", [])])
+            for handler in getattr(node, "handlers", []):
+                yield from _statements(handler.body)
+            yield from _statements(getattr(node, "finalbody", []))
+        else:
+            yield node
+
+
+def _record_import(node: ast.ImportFrom | ast.Import, imports: dict, aliases: dict) -> None:
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if alias.asname and _is_ours(alias.name):
+                aliases[alias.asname] = alias.name
+        return
+    if not node.module or node.level:
+        return
+    for alias in node.names:
+        local = alias.asname or alias.name
+        if _is_module(f"{node.module}.{alias.name}"):
+            aliases[local] = f"{node.module}.{alias.name}"
+        else:
+            imports[local] = (node.module, alias.name)
 
 
 @cache
 def _parse(name: str, path: Path, text: str) -> _Module:
     """The parsed module (cached on its exact source text, so an edited file is re-parsed)."""
     tree = _strip_docstrings(ast.parse(text, filename=str(path)))
-    definitions: dict[str, ast.AST] = {}
+    definitions: dict[str, list[ast.AST]] = {}
     imports: dict[str, tuple[str, str]] = {}
-    for node in tree.body:
+    aliases: dict[str, str] = {}
+    for node in _statements(tree.body):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            definitions[node.name] = node
+            definitions.setdefault(node.name, []).append(node)
         elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:
-                for leaf in ast.walk(target):
-                    if isinstance(leaf, ast.Name):
-                        definitions[leaf.id] = node
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:
-                imports[alias.asname or alias.name] = (node.module, alias.name)
-    return _Module(name, path, definitions, imports)
+                # `X = ...`, `a, b = ...` define; `X[k] = ...`, `X.a = ...`, `X += ...` add to X.
+                base = target
+                while isinstance(base, ast.Subscript | ast.Attribute | ast.Starred):
+                    base = base.value
+                names = (
+                    [base]
+                    if isinstance(base, ast.Name)
+                    else [n for n in ast.walk(base) if isinstance(n, ast.Name)]
+                )
+                for leaf in names:
+                    definitions.setdefault(leaf.id, []).append(node)
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            _record_import(node, imports, aliases)
+    return _Module(name, path, definitions, imports, aliases)
 
 
 def _load(name: str) -> _Module:
@@ -161,34 +209,48 @@ def _referenced_names(node: ast.AST) -> set[str]:
     return _free(node)
 
 
+def _attributes_of(node: ast.AST, names: dict[str, str]) -> list[tuple[str, str]]:
+    """(module, attribute) for every `alias.attribute` in `node` whose alias names a module."""
+    return [
+        (names[n.value.id], n.attr)
+        for n in ast.walk(node)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in names
+    ]
+
+
 def _facts(module: _Module, name: str) -> tuple[str, list[tuple[str, str]]]:
     """The dump of a definition and the (module, name) pairs it refers to (computed once per
     parsed source)."""
     if name not in module.facts:
-        node = module.definitions[name]
-        refs = [
-            (module.name, r)
-            for r in _referenced_names(node)
-            if r in module.definitions or r in module.imports
-        ]
-        # Imports inside functions (this project imports lazily) are followed like top-level ones.
-        for inner in ast.walk(node):
-            if (
-                isinstance(inner, ast.ImportFrom)
-                and inner.module
-                and inner.level == 0
-                and _is_ours(inner.module)
-            ):
-                refs.extend((inner.module, alias.name) for alias in inner.names)
-        module.facts[name] = (ast.dump(node, include_attributes=False), refs)
+        nodes = module.definitions[name]
+        refs: list[tuple[str, str]] = []
+        for node in nodes:
+            used = _referenced_names(node)
+            refs += [(module.name, r) for r in used if r in module.definitions or r in module.imports]
+            refs += _attributes_of(node, {a: m for a, m in module.aliases.items() if a in used})
+            # Imports inside functions (this project imports lazily) are followed like top-level ones.
+            local_imports: dict[str, tuple[str, str]] = {}
+            local_aliases: dict[str, str] = {}
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom | ast.Import) and inner is not node:
+                    _record_import(inner, local_imports, local_aliases)
+            refs += [target for target in local_imports.values() if _is_ours(target[0])]
+            refs += _attributes_of(node, local_aliases)
+        dump = "\n".join(ast.dump(n, include_attributes=False) for n in dict.fromkeys(nodes))
+        module.facts[name] = (dump, refs)
     return module.facts[name]
 
 
 def closure(roots: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Every definition reachable from `roots` ((module, top-level name) pairs), as
-    `"module:name" -> ast.dump` of its defining node."""
+    `"module:name" -> ast.dump` of its defining statements. A root that names no top-level
+    definition (a lambda, a partial, a typo) is an error: it would hash to nothing."""
     found: dict[str, str] = {}
     todo = list(roots)
+    for module_name, name in todo:
+        module = _load(module_name)
+        if name not in module.definitions and name not in module.imports:
+            raise ValueError(f"{module_name}:{name} is not a top-level definition; step functions must be")
     while todo:
         module_name, name = todo.pop()
         module = _load(module_name)

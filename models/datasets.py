@@ -186,10 +186,24 @@ def describe_source(dataset: Dataset, location: str) -> str:
     return f"{dataset.name} replaced by {redact(location)}"
 
 
+def _local_signature(path: Path) -> list:
+    """What changes when a local file or folder is edited: sizes and modification times (cheap:
+    nothing is read), so an edited source is fetched again instead of served from its slot."""
+    if path.is_file():
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+    return [
+        [p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    ]
+
+
 def identity(dataset: Dataset, location: str) -> dict[str, Any]:
-    """What determines the bytes of a download: the entry's kind and file name, the location,
-    and for offline sources the loader and its code. Descriptions are left out: rewording an
-    entry changes no download."""
+    """What determines the bytes of a download: the entry's kind and file name, the location
+    (a local one by its absolute path, sizes and times), and for offline sources the loader,
+    its code and the version of what it reads. Descriptions are left out: rewording an entry
+    changes no download."""
     ident: dict[str, Any] = {"kind": dataset.kind, "file": dataset.file, "location": location}
     if location == dataset.remote:
         ident["sha256"] = dataset.sha256
@@ -199,6 +213,11 @@ def identity(dataset: Dataset, location: str) -> dict[str, Any]:
         loader = offline.LOADERS.get(dataset.offline.loader)
         ident["offline"] = dataset.offline.model_dump(exclude={"description"})
         ident["loader_code"] = codeversion.digest(codeversion.roots_of(loader)) if loader else None
+        ident["package"] = offline.source_version(dataset.offline.loader, dataset.offline.args)
+    elif "://" not in location or location.startswith("file://"):
+        path = _local_path(location).resolve()
+        ident["location"] = str(path)
+        ident["local"] = _local_signature(path) if path.exists() else None
     return ident
 
 
@@ -498,16 +517,18 @@ def _retrying(
         ) from None
 
 
-def _check_pin(raw_root: Path, location: str, digest: str) -> None:
-    """Trust on first use: remember the digest of a remote location, reject later changes."""
+def _check_pin(raw_root: Path, location: str, digest: str, record: bool) -> None:
+    """Trust on first use: reject content that differs from the digest pinned for a remote
+    location; with `record`, pin it if nothing is pinned yet. Content is recorded only once it
+    passed every check, so a bad first download (an HTML error page) never poisons the pin."""
     pins_path = raw_root / "pins.json"
     with file_lock(pins_path.with_suffix(".lock")):
         pins = read_json(pins_path) if pins_path.exists() else {}
         pinned = pins.get(location)
-        if pinned is None:
+        if pinned is None and record:
             pins[location] = digest
             write_json_atomic(pins_path, pins)
-        elif pinned != digest:
+        elif pinned is not None and pinned != digest:
             raise GdlError(
                 f"{redact(location)} changed since it was first downloaded (sha256 {digest[:12]}..., "
                 f"pinned {pinned[:12]}... in {pins_path}); delete the pin to accept the new content"
@@ -565,8 +586,9 @@ def fetch(
                 raise GdlError(f"{shown}: sha256 {digest} does not match the expected {dataset.sha256}")
         else:
             digest = digest_json(dir_manifest(got))
-        if location.startswith(("http://", "https://", "s3://")):
-            _check_pin(raw_root, shown, digest)
+        remote = location.startswith(("http://", "https://", "s3://"))
+        if remote:
+            _check_pin(raw_root, shown, digest, record=False)
         result = work / "result"
         if dataset.is_folder and got.is_file():
             if archive_format(got) is None:
@@ -578,6 +600,8 @@ def fetch(
         else:
             os.replace(got, result)
         _CHECKS[dataset.kind](result, shown)
+        if remote:
+            _check_pin(raw_root, shown, digest, record=True)
         os.replace(result, dest_dir / safe_name(dataset.file, "dataset file name"))
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -130,9 +130,14 @@ def replace_dir(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def staging_dir(final: Path) -> Iterator[Path]:
-    """A fresh sibling temp dir for building `final`; removed if the block fails."""
+def staging_dir(final: Path, sweep: bool = False) -> Iterator[Path]:
+    """A fresh sibling temp dir for building `final`; removed if the block fails. With `sweep`
+    (for callers holding `final`'s lock, so nobody else is building it), staging dirs that a
+    killed writer left beside `final` are removed first."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    if sweep:
+        for stale in final.parent.glob(f".{final.name}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp

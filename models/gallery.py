@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[dict[str, An
 
 def _trend(runs: list[dict[str, Any]], metric: str) -> bytes:
     values = [r["metrics"][metric] for r in runs if _is_number(r["metrics"].get(metric))]
-    return line_png({metric: values}, "run", metric, size=(5, 2.4))
+    label = metric.replace("$", r"\$")  # names come from published runs: no mathtext
+    return line_png({label: values}, "run", label, size=(5, 2.4))
 
 
 def _rows_html(rows: list[dict[str, Any]]) -> str:
@@ -143,10 +145,21 @@ function gdlCompare(t){
 """
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: a diverged run's metrics are shown as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _json_script(element_id: str, data: Any) -> str:
     # No `<` at all inside the <script> element (JSON's \u003c), whatever the data holds: the
     # HTML parser must never see `</script` or `<!--` there.
-    text = json.dumps(data, sort_keys=True).replace("<", "\\u003c")
+    text = json.dumps(_finite(data), sort_keys=True, allow_nan=False).replace("<", "\\u003c")
     return f"<script type='application/json' id='{html.escape(element_id)}'>{text}</script>"
 
 

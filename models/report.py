@@ -311,6 +311,18 @@ def render_html(report: Report, prov: Provenance, files: Mapping[str, bytes] | N
 # Prefect artifacts (described here, created by tasks/publish)
 
 
+def _fenced(text: str) -> str:
+    """A code block no generated text can close early (the fence outlasts any run of backticks)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def _md(text: str) -> str:
+    """Text shown as Markdown without being read as Markdown (links, images, emphasis)."""
+    return re.sub(r"([\\`*_\[\]()<>!#|])", r"\\\1", text)
+
+
 def slug(text: str) -> str:
     """A Prefect artifact key fragment: lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "item"
@@ -338,7 +350,7 @@ def artifact_plan(report: Report, prov: Provenance, files: Mapping[str, bytes], 
     metrics = "\n".join(f"| {k} | {fmt(v)} |" for k, v in report.metrics.items())
     notes = "\n".join(f"> {s.text}" for s in report.sections if isinstance(s, Note))
     excerpts = "\n\n".join(
-        f"**{s.caption}**\n\n```\n{s.text[:400]}\n```" for s in report.sections if isinstance(s, Text)
+        f"**{_md(s.caption)}**\n\n{_fenced(s.text[:400])}" for s in report.sections if isinstance(s, Text)
     )
     prov_md = "\n\n".join(
         f"**{caption}**\n\n"

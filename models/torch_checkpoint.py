@@ -154,32 +154,48 @@ def _array(storage: _Storage, raw: bytes, origin: str) -> np.ndarray:
     return np.frombuffer(raw, dtype)
 
 
-def _resolve(obj: Any, origin: str) -> Any:
-    """Replace tensor references by numpy arrays (copies: the file buffer is not kept)."""
-    if isinstance(obj, _TensorRef):
-        data = obj.storage.data
-        if data is None:
-            raise GdlError(f"{origin}: storage {obj.storage.key} has no data")
-        count = int(np.prod(obj.size, dtype=np.int64)) if obj.size else 1
-        if count > max(len(data), 1):  # stride-0 tricks must not make a terabyte from one number
-            raise GdlError(f"{origin}: a tensor claims more elements than storage {obj.storage.key} holds")
-        if obj.size and min(obj.size) > 0:
-            last = obj.offset + sum((n - 1) * s for n, s in zip(obj.size, obj.stride, strict=True))
-            if last >= len(data):
-                raise GdlError(f"{origin}: a tensor reaches past the end of storage {obj.storage.key}")
-        elif obj.offset > len(data):
-            raise GdlError(f"{origin}: a tensor starts past the end of storage {obj.storage.key}")
-        strides = tuple(s * data.itemsize for s in obj.stride)
-        view = np.lib.stride_tricks.as_strided(data[obj.offset :], obj.size, strides, writeable=False)
-        array = np.array(view, dtype=data.dtype.newbyteorder("="))
-        if obj.storage.kind.name == "BFloat16Storage":
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        return array
-    if isinstance(obj, dict):
-        return {k: _resolve(v, origin) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_resolve(v, origin) for v in obj)
-    return obj
+def _array_of(ref: _TensorRef, origin: str) -> np.ndarray:
+    """A copy of the tensor a reference describes (the file's buffer is not kept)."""
+    data = ref.storage.data
+    if data is None:
+        raise GdlError(f"{origin}: storage {ref.storage.key} has no data")
+    count = int(np.prod(ref.size, dtype=np.int64)) if ref.size else 1
+    if count > max(len(data), 1):  # stride-0 tricks must not make a terabyte from one number
+        raise GdlError(f"{origin}: a tensor claims more elements than storage {ref.storage.key} holds")
+    if ref.size and min(ref.size) > 0:
+        last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride, strict=True))
+        if last >= len(data):
+            raise GdlError(f"{origin}: a tensor reaches past the end of storage {ref.storage.key}")
+    elif ref.offset > len(data):
+        raise GdlError(f"{origin}: a tensor starts past the end of storage {ref.storage.key}")
+    strides = tuple(s * data.itemsize for s in ref.stride)
+    view = np.lib.stride_tricks.as_strided(data[ref.offset :], ref.size, strides, writeable=False)
+    array = np.array(view, dtype=data.dtype.newbyteorder("="))
+    if ref.storage.kind.name == "BFloat16Storage":
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return array
+
+
+def _state_dict(obj: Any, origin: str) -> dict[str, np.ndarray]:
+    """The flat name -> array mapping a state dict is. Nothing else is walked (no nesting to
+    recurse into), and each tensor is copied once however often the pickle refers to it, with
+    the total bounded by the bytes the storages hold: a small file cannot expand into a huge one."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # training checkpoints wrap the weights
+    if not isinstance(obj, dict) or not all(isinstance(v, _TensorRef) for v in obj.values()):
+        raise GdlError(f"{origin} does not hold a state dict (a mapping of names to tensors)")
+    storages = {id(ref.storage): ref.storage for ref in obj.values()}
+    budget = 4 * sum(st.data.nbytes for st in storages.values() if st.data is not None)
+    arrays: dict[int, np.ndarray] = {}
+    result = {}
+    for name, ref in obj.items():
+        if id(ref) not in arrays:
+            arrays[id(ref)] = _array_of(ref, origin)
+            budget -= arrays[id(ref)].nbytes
+            if budget < 0:
+                raise GdlError(f"{origin}: its tensors add up to far more than the data the file holds")
+        result[str(name)] = arrays[id(ref)]
+    return result
 
 
 def _read_legacy(path: Path, origin: str) -> Any:
@@ -224,6 +240,9 @@ def _read_zip(path: Path, origin: str) -> Any:
         if byteorder in names and zf.read(byteorder).strip() not in (b"little", b""):
             raise GdlError(f"{origin}: big-endian checkpoints are not supported")
         storages: dict[str, _Storage] = {}
+        info = zf.getinfo(pickles[0])
+        if info.file_size > 1100 * max(info.compress_size, 1):  # beyond deflate's best ratio
+            raise GdlError(f"{origin}: data.pkl claims an impossible compression ratio")
         obj = _load(zf.read(pickles[0]), origin, storages)
         for key, storage in storages.items():
             member = f"{prefix}data/{key}"
@@ -246,7 +265,7 @@ def read_state_dict(path: Path, origin: str | None = None) -> dict[str, np.ndarr
     origin = origin or path.name
     try:
         obj = _read_zip(path, origin) if zipfile.is_zipfile(path) else _read_legacy(path, origin)
-        obj = _resolve(obj, origin)
+        return _state_dict(obj, origin)
     except GdlError:
         raise
     except (
@@ -256,11 +275,9 @@ def read_state_dict(path: Path, origin: str | None = None) -> dict[str, np.ndarr
         TypeError,
         KeyError,
         IndexError,
+        AttributeError,
+        RecursionError,  # a pickle nested thousands deep
+        MemoryError,
         zipfile.BadZipFile,
     ) as exc:
         raise GdlError(f"{origin} is not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]  # training checkpoints wrap the weights
-    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-        raise GdlError(f"{origin} does not hold a state dict (a mapping of names to tensors)")
-    return {str(k): v for k, v in obj.items()}

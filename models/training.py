@@ -150,9 +150,13 @@ def fit_resumable(
     """Train to `epochs` epochs, resuming from `ckpt_dir` when it holds a matching checkpoint.
 
     `train_data(epoch)` returns that epoch's dataset, so shuffling is seeded per epoch and a
-    resumed run sees the same batches as an uninterrupted one. `callbacks` are Keras callbacks
-    (they see the absolute epoch number). A loss that turns NaN or infinite stops training with
-    an error and keeps the last good checkpoint.
+    resumed run sees the same batches as an uninterrupted one. `callbacks` are Keras callbacks:
+    they see the absolute epoch number, and setting `model.stop_training` ends training (recorded,
+    so a re-run does not continue). Each epoch is its own `fit` call, so `on_train_begin` runs
+    every epoch: a callback that keeps state across epochs must keep it in its own attributes
+    (Keras' EarlyStopping resets its patience there and so only sees one epoch at a time).
+    A loss that turns NaN or infinite stops training with an error and keeps the last good
+    checkpoint.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state_path = ckpt_dir / STATE
@@ -162,16 +166,17 @@ def fit_resumable(
         model = load_model(saved)
         start = int(state["epoch"])
         history: dict[str, list[float]] = state["history"]
+        stopped = bool(state.get("stopped", False))
         log(f"resuming from epoch {start} of {epochs} ({saved.name})")
     else:
         if state:
             log(f"checkpoint in {ckpt_dir} is from other params, data or code: starting over")
         for child in ckpt_dir.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-        model, start, history = build_model(), 0, {}
+        model, start, history, stopped = build_model(), 0, {}, False
 
     report = _Throttled(progress)
-    for epoch in range(start, epochs):
+    for epoch in range(start, epochs if not stopped else start):
         t0 = time.perf_counter()
         # initial_epoch/epochs make Keras run exactly this epoch and report its absolute number.
         result = model.fit(
@@ -200,9 +205,18 @@ def fit_resumable(
         tmp = ckpt_dir / f".{name}.{os.getpid()}.tmp.keras"
         model.save(tmp)
         os.replace(tmp, ckpt_dir / name)
+        # A callback that stops training (EarlyStopping and the like) stops it for good: the
+        # decision is recorded, so a re-run does not train on.
+        stopped = bool(getattr(model, "stop_training", False))
         write_json_atomic(
             state_path,
-            {"epoch": epoch + 1, "checkpoint": name, "fingerprint": fingerprint, "history": history},
+            {
+                "epoch": epoch + 1,
+                "checkpoint": name,
+                "fingerprint": fingerprint,
+                "history": history,
+                "stopped": stopped,
+            },
         )
         for old in ckpt_dir.glob("epoch-*.keras"):
             if old.name != name:
@@ -213,9 +227,12 @@ def fit_resumable(
             + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "epoch_seconds")
         )
         report(epoch + 1, epochs, logs, force=True)
+        if stopped:
+            log(f"a callback stopped training after epoch {epoch + 1}")
+            break
 
     shutil.copyfile(ckpt_dir / read_json(state_path)["checkpoint"], ckpt_dir / FINAL)
-    return {"history": history, "resumed_from": start}
+    return {"history": history, "resumed_from": start, "stopped_early": stopped}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,9 +46,9 @@ from models.files import (
 )
 from models.gallery import GALLERY, collect_runs, local_runs, render_gallery
 from models.registry import get
-from models.report import Provenance, artifact_plan, history_csv, render_html, report_files
+from models.report import RESERVED, Provenance, artifact_plan, history_csv, render_html, report_files
 from tasks._prefect import PERSISTED, artifact_key, in_run, logger, network_retries
-from tasks.steps import MARKER, Manifest, data_dir, git_version, project_root, run_dir_of
+from tasks.steps import MARKER, Manifest, data_dir, git_version, local_dir, project_root, run_dir_of
 
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
@@ -124,11 +124,22 @@ def assemble(
     root = project_root()
     t = get(technique)
     p = t.params_model(**params)
-    report = t.report(p, {name: root / m["dir"] for name, m in upstream.items() if "dir" in m})
+    # Manifests may come from shared storage: their dirs are checked (under data/, safe names).
+    report = t.report(p, {name: local_dir(root, m) for name, m in upstream.items() if "dir" in m})
     run_id = safe_name(run.name, "run id")
     created_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     prov = provenance(technique, p, upstream, run_id, created_at)
     files = report_files(report)
+    # A run directory re-published (the DVC slot, or the same samples after a report change)
+    # must not keep files of the earlier report: they would be listed and published as current.
+    for old in run.iterdir():
+        if (
+            old.is_file()
+            and not old.name.startswith(".")
+            and old.name not in files
+            and old.name not in RESERVED
+        ):
+            old.unlink()
     write_json_atomic(run / "params.json", {"technique": technique, "params": prov.params})
     # The weights a run used belong with its numbers (a metric of every technique that has any).
     metrics = {**report.metrics, **({"weights": report.weights} if report.weights else {})}

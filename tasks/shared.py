@@ -13,6 +13,7 @@ every fetched file must match the sha256 its marker records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.parse
@@ -32,7 +33,7 @@ from models.files import (
     sha256_file,
     staging_dir,
 )
-from tasks.steps import MARKER, read_marker, slot_lock
+from tasks.steps import MARKER, RUN_INFO, is_complete, read_marker, slot_lock
 
 RESULTS = "prefect-results"
 
@@ -90,6 +91,8 @@ def push_slot(root: Path, out: Path, log=print) -> bool:
     def upload() -> None:
         for name in marker["files"]:
             client.upload_file(str(out / name), bucket, _key(prefix, rel, name))
+        if (out / RUN_INFO).exists():
+            client.upload_file(str(out / RUN_INFO), bucket, _key(prefix, rel, RUN_INFO))
         client.put_object(Bucket=bucket, Key=_key(prefix, rel, MARKER), Body=(out / MARKER).read_bytes())
 
     try:
@@ -105,6 +108,23 @@ def push_slot(root: Path, out: Path, log=print) -> bool:
 
 class _Unusable(Exception):
     """The shared copy of a slot is missing, foreign or damaged: recompute instead."""
+
+
+def _fetch_slot(client, bucket: str, base: str, out: Path, marker: dict, body: bytes) -> None:
+    """Download a slot's files (each checked against the marker), then the marker; all or nothing."""
+    from botocore.exceptions import ClientError
+
+    with staging_dir(out, sweep=True) as tmp:
+        for name, entry in marker["files"].items():
+            dest = tmp / safe_relpath(name, "shared file name")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, f"{base}/{name}", str(dest))
+            if sha256_file(dest) != entry["sha256"]:
+                raise _Unusable(f"{name} does not match its recorded sha256")
+        with contextlib.suppress(ClientError):  # provenance only: a slot without it is still whole
+            client.download_file(bucket, f"{base}/{RUN_INFO}", str(tmp / RUN_INFO))
+        (tmp / MARKER).write_bytes(body)
+        replace_dir(tmp, out)
 
 
 def pull_slot(root: Path, out: Path, key: str, log=print) -> bool:
@@ -123,15 +143,10 @@ def pull_slot(root: Path, out: Path, key: str, log=print) -> bool:
         marker = json.loads(body)
         if not isinstance(marker, dict) or marker.get("key") != key or marker.get("dir") != rel:
             return False
-        with file_lock(slot_lock(out)), staging_dir(out) as tmp:
-            for name, entry in marker["files"].items():
-                dest = tmp / safe_relpath(name, "shared file name")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, _key(prefix, rel, name), str(dest))
-                if sha256_file(dest) != entry["sha256"]:
-                    raise _Unusable(f"{name} does not match its recorded sha256")
-            (tmp / MARKER).write_bytes(body)
-            replace_dir(tmp, out)
+        with file_lock(slot_lock(out)):
+            if is_complete(out, key):  # another run of this machine fetched or built it meanwhile
+                return True
+            _fetch_slot(client, bucket, _key(prefix, rel), out, marker, body)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
             log(f"shared copy of {rel} unreadable ({exc}); recomputing")

@@ -61,6 +61,7 @@ UPSTREAM = {
     "publish": ("download", "vectorize", "train", "sample"),
 }
 MARKER = ".step.json"
+RUN_INFO = ".step-run.json"  # when and from which commit a slot was computed (not hashed by DVC)
 DVC_SLOT = "dvc"
 RESUMABLE = {"train"}  # written in place so an interrupted run can resume
 # Bumped when the slot layout or the meaning of a key changes (invalidates every cache once).
@@ -219,8 +220,17 @@ def run_dir_of(root: Path, upstream: Mapping[str, Manifest]) -> Path:
 
 
 def read_marker(out: Path) -> Manifest | None:
+    """A slot's completion marker, with when and from which commit it was computed."""
     marker = out / MARKER
-    return read_json(marker) if marker.exists() else None
+    if not marker.exists():
+        return None
+    manifest = read_json(marker)
+    if (out / RUN_INFO).exists():
+        info = read_json(out / RUN_INFO)  # may come from shared storage: only its own fields
+        manifest.update(
+            {k: info[k] for k in ("started_at", "seconds", "git") if isinstance(info, dict) and k in info}
+        )
+    return manifest
 
 
 def is_complete(out: Path, key: str) -> bool:
@@ -241,7 +251,9 @@ def input_paths(root: Path, upstream: Mapping[str, Manifest]) -> dict[str, Path]
 def _finish(
     root: Path, technique: str, step: str, key: str, built: Path, final: Path, summary: Any, started: float
 ) -> Manifest:
-    """Write the completion marker into `built` (which will become `final`)."""
+    """Write the completion marker into `built` (which will become `final`). When and from which
+    commit it ran go to a file of their own: the marker stays the same for the same output, so
+    DVC (which hashes the whole slot, minus `.dvcignore`d files) sees an unchanged output."""
     files = dir_manifest(built)
     manifest = {
         "technique": technique,
@@ -251,12 +263,15 @@ def _finish(
         "digest": digest_json(files),
         "files": files,
         "summary": summary,
+    }
+    run_info = {
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 3),
         "git": git_version(root),
     }
     write_json_atomic(built / MARKER, manifest)
-    return manifest
+    write_json_atomic(built / RUN_INFO, run_info)
+    return {**manifest, **run_info}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +311,7 @@ def download(
             marker = read_marker(out) if is_complete(out, key) else None
             if marker is None:
                 started = time.time()
-                with staging_dir(out) as tmp:
+                with staging_dir(out, sweep=True) as tmp:
                     summary = fetch(dataset, location, tmp, data_dir(root) / "raw", log=logger)
                     summary["source"] = describe_source(dataset, location)
                     marker = _finish(root, technique, "download", key, tmp, out, summary, started)
@@ -360,7 +375,7 @@ def execute(
             out.mkdir(parents=True, exist_ok=True)
             summary = body(t, p, context(out))
             return _finish(root, technique, step, key, out, out, summary, started)
-        with staging_dir(out) as tmp:
+        with staging_dir(out, sweep=True) as tmp:
             summary = body(t, p, context(tmp))
             manifest = _finish(root, technique, step, key, tmp, out, summary, started)
             replace_dir(tmp, out)

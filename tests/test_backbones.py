@@ -141,10 +141,13 @@ def _zip_checkpoint(path, tensors: dict[str, tuple[np.ndarray, int, tuple, tuple
                 return ("storage", float_storage, obj.key, "cpu", obj.numel)
             return None
 
-    state, raws = {}, {}
-    for i, (name, (data, offset, size, stride)) in enumerate(tensors.items()):
-        raws[str(i)] = data.astype("<f4").tobytes()
-        state[name] = Tensor(Storage(str(i), data.size), offset, size, stride)
+    state, raws, storages = {}, {}, {}
+    for name, (data, offset, size, stride) in tensors.items():
+        if id(data) not in storages:  # tensors made from one array share its storage, as in torch
+            key = str(len(storages))
+            storages[id(data)] = Storage(key, data.size)
+            raws[key] = data.astype("<f4").tobytes()
+        state[name] = Tensor(storages[id(data)], offset, size, stride)
     buf = io.BytesIO()
     Pickler(buf, protocol=2).dump(state)
     with zipfile.ZipFile(path, "w") as zf:
@@ -189,6 +192,22 @@ def test_zip_format_checkpoints_are_read_with_strides_and_offsets(tmp_path, monk
     _zip_checkpoint(path, {"broadcast": (storage, 0, (10**6, 10**6), (0, 0))}, monkeypatch)
     with pytest.raises(GdlError, match="claims more elements than storage"):
         read_state_dict(path)
+    # Many distinct full views of one storage: more copies than the file's bytes allow.
+    _zip_checkpoint(path, {f"copy{i}": (storage, 0, (12,), (1,)) for i in range(10)}, monkeypatch)
+    with pytest.raises(GdlError, match="far more than the data the file holds"):
+        read_state_dict(path)
+
+
+def test_nested_pickles_and_non_tensor_contents_are_clear_errors(tmp_path):
+    head = b"".join(pickle.dumps(x, 2) for x in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}))
+    deep = tmp_path / "deep.pth"
+    deep.write_bytes(head + b"\x80\x02" + b"]" * 100_000 + b".")  # EMPTY_LIST 100,000 deep
+    with pytest.raises(GdlError, match="deep.pth"):
+        read_state_dict(deep)
+    plain = tmp_path / "plain.pth"
+    plain.write_bytes(head + pickle.dumps({"a": [1, 2]}, 2) + pickle.dumps([], 2))
+    with pytest.raises(GdlError, match="does not hold a state dict"):
+        read_state_dict(plain)
 
 
 def test_truncated_and_oversized_checkpoints_are_clear_errors(tmp_path):
@@ -227,6 +246,17 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path, state_di
     other.save_weights(tmp_path / "other.weights.h5")
     with pytest.raises(GdlError, match="do not fit the mobilenet_v2 backbone"):
         load_backbone("mobilenet_v2", tmp_path / "other.weights.h5", input_shape=(32, 32, 3))
+    # A Keras weights file landed under the catalog's .pth name (downloads keep the catalog's
+    # file name) is recognised by its content.
+    small = build_mobilenet_v2((32, 32, 3), include_top=False)
+    small.save_weights(tmp_path / "mine.weights.h5")
+    disguised = tmp_path / "mobilenet_v2-b0353104.pth"
+    disguised.write_bytes((tmp_path / "mine.weights.h5").read_bytes())
+    loaded, described = load_backbone("mobilenet_v2", disguised, input_shape=(32, 32, 3))
+    assert "Keras weights mobilenet_v2-b0353104.pth" in described
+    np.testing.assert_array_equal(
+        loaded.get_layer("stem").get_weights()[0], small.get_layer("stem").get_weights()[0]
+    )
     with pytest.raises(GdlError, match="torch checkpoints are read for mobilenet_v2 only"):
         load_backbone("vgg19", offline_mobilenet_v2_path(), input_shape=(32, 32, 3))
 

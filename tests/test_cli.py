@@ -34,3 +34,17 @@ def test_bad_input_fails_in_one_line_before_any_work(project, args, message):
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gdl: error:") and message in err[0]
     assert not (project / "data").exists()
+
+
+def test_a_dataset_dvc_yaml_does_not_track_is_refused_by_the_stage(project):
+    import shutil
+
+    from conftest import REPO, write_params
+
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    write_params(project, dataset="mnist")  # chosen in params.yaml, not declared by dvc.yaml
+    result = gdl(project, "stage", "text_lstm", "download")
+    assert result.returncode == 2
+    assert "catalog entry mnist for text_lstm, which dvc.yaml does not track" in result.stderr
+    assert "gdl dvc-yaml --write" in result.stderr
+    assert not (project / "data").exists()

@@ -43,10 +43,25 @@ def report(p):
     return "<b>" + str(p) + "</b>"
 '''
 SHARED = """
+from cvpkg import lazy as lazy_module
+
+try:
+    SCALE = 2
+except ImportError:
+    SCALE = 3
+SCALE += 1
+
+
 def fit(x, steps):
     from cvpkg.lazy import inner  # imports inside functions are followed too
 
-    return inner(x) * steps
+    return inner(x) * steps * SCALE
+
+
+def fit_via_module(x):
+    from cvpkg import lazy  # a module imported inside a function, used as lazy.helper
+
+    return lazy.helper(x) + lazy_module.other(x)
 
 
 def unused():
@@ -55,6 +70,14 @@ def unused():
 LAZY = """
 def inner(x):
     return x + 1
+
+
+def helper(x):
+    return x - 1
+
+
+def other(x):
+    return x
 """
 
 
@@ -79,7 +102,9 @@ def pkg(tmp_path, monkeypatch):
         path.write_text(text.replace(old, new))
 
     def versions() -> dict[str, str]:
-        return {step: codeversion.digest([("cvpkg.tech", step)]) for step in ("train", "sample", "report")}
+        found = {step: codeversion.digest([("cvpkg.tech", step)]) for step in ("train", "sample", "report")}
+        found["via_module"] = codeversion.digest([("cvpkg.shared", "fit_via_module")])
+        return found
 
     return edit, versions
 
@@ -122,6 +147,27 @@ def test_code_reached_through_imports_and_constants_counts(pkg):
     last = versions()
     edit("shared", "return 0", "return 1")  # in the module, but never called by train
     assert versions() == last
+
+
+def test_modules_used_by_attribute_and_definitions_in_blocks_count(pkg):
+    edit, versions = pkg
+    before = versions()
+    edit("lazy", "return x - 1", "return x - 2")  # lazy.helper, through `from cvpkg import lazy`
+    assert versions()["via_module"] != before["via_module"] and versions()["train"] == before["train"]
+    middle = versions()
+    edit("lazy", "return x\n", "return -x\n")  # lazy_module.other, through a module-level alias
+    assert versions()["via_module"] != middle["via_module"]
+    last = versions()
+    edit("shared", "SCALE += 1", "SCALE += 2")  # an augmented assignment after the definition
+    assert versions()["train"] != last["train"]
+    final = versions()
+    edit("shared", "    SCALE = 2", "    SCALE = 5")  # a definition inside a top-level try
+    assert versions()["train"] != final["train"]
+
+
+def test_a_root_that_is_not_a_top_level_definition_is_an_error(pkg):
+    with pytest.raises(ValueError, match="not a top-level definition"):
+        codeversion.digest([("cvpkg.tech", "<lambda>")])
 
 
 def test_text_lstm_training_does_not_depend_on_its_sampler_or_report():

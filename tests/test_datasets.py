@@ -56,6 +56,14 @@ def test_content_changed_since_pinned_is_an_error_leaving_nothing(tmp_path, http
     assert _landed(tmp_path / "d") == []
 
 
+def test_a_rejected_first_download_does_not_pin_its_content(tmp_path, http_server, dataset):
+    url, _ = http_server
+    with pytest.raises(GdlError, match="looks binary"):
+        fetch(dataset, f"{url}/binary", tmp_path / "d", tmp_path)
+    pins = tmp_path / "pins.json"
+    assert not pins.exists() or f"{url}/binary" not in pins.read_text()
+
+
 def test_truncated_body_is_retried_then_fails_leaving_nothing(tmp_path, http_server, dataset):
     url, hits = http_server
     with pytest.raises(GdlError, match="failed after 3 attempts"):
@@ -183,6 +191,18 @@ def test_editing_one_catalog_entry_changes_only_that_entrys_downloads(tmp_path, 
     assert {k: v for k, v in after.items() if k != ("chelsea", "remote")} == {
         k: v for k, v in before.items() if k != ("chelsea", "remote")
     }
+
+
+def test_an_edited_local_source_gets_a_new_download_key(tmp_path):
+    from tasks.steps import input_key
+
+    dataset = get_dataset("nietzsche")
+    mine = tmp_path / "mine.txt"
+    mine.write_text("first version of my corpus\n" * 10)
+    before = input_key(dataset, resolve_location(dataset, str(mine)))
+    assert input_key(dataset, resolve_location(dataset, str(mine))) == before
+    mine.write_text("second, longer version of my corpus\n" * 10)
+    assert input_key(dataset, resolve_location(dataset, str(mine))) != before
 
 
 def test_folder_and_array_inputs_from_s3_and_local_sources(tmp_path, s3):

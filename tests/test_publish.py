@@ -148,3 +148,19 @@ def test_published_s3_gallery_lists_runs_from_every_machine(project, steps, s3, 
     assert f"text_lstm/{run_id}/report.html" in gallery
     assert "text_lstm/0123456789ab/report.html" in gallery
     assert "evil" not in gallery
+
+
+def test_a_republished_run_lists_only_the_current_reports_files(project, steps):
+    first = publish.run("text_lstm", steps["params"], steps["upstream"])
+    run = project / first["run_dir"]
+    (run / "old_plot.png").write_bytes(b"from an earlier report")
+    again = publish.run("text_lstm", steps["params"], steps["upstream"])
+    assert not (run / "old_plot.png").exists()
+    assert "old_plot.png" not in json.loads((run / "manifest.json").read_text())["files"]
+    assert again["run_dir"] == first["run_dir"]
+
+
+def test_a_manifest_pointing_outside_data_is_refused_when_reporting(project, steps):
+    hostile = {**steps["upstream"], "train": {**steps["upstream"]["train"], "dir": "/etc"}}
+    with pytest.raises(GdlError, match="unsafe step directory"):
+        publish.run("text_lstm", steps["params"], hostile)

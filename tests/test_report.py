@@ -157,3 +157,26 @@ def test_gallery_data_cannot_break_out_of_its_script_element():
     assert "<script>alert(1)" not in embedded
     runs = json.loads(embedded[len("id='runs-tech'>") :])
     assert runs[1]["params"]["note"] == "</script><script>alert(1)</script>"
+
+
+def test_generated_text_cannot_inject_markdown_into_the_summary():
+    evil = "````\n![x](http://attacker/pixel.png)\n````"
+    report = Report("t", sections=[Text("[click](http://attacker)", evil)])
+    summary = artifact_plan(report, PROV, {}, "")[0]["content"]
+    block = summary[summary.index("`````") :]
+    assert block.startswith("`````\n" + evil + "\n`````")  # the fence outlasts the text's own
+    assert "\\[click\\]\\(http://attacker\\)" in summary
+
+
+def test_gallery_survives_odd_metric_names_and_non_finite_values():
+    runs = {
+        "tech": [
+            _run("r1", "t1", {"cost $x$": 1.0}, {}, headline=("cost $x$",)),
+            _run("r2", "t2", {"cost $x$": float("nan")}, {"lr": 1}, headline=("cost $x$",)),
+            _run("r3", "t3", {"cost $x$": 0.5}, {"lr": 2}, headline=("cost $x$",)),
+        ]
+    }
+    page = render_gallery(runs)
+    embedded = page[page.index("id='runs-tech'>") + len("id='runs-tech'>") :]
+    runs_json = json.loads(embedded[: embedded.index("</script>")])  # strict JSON: no NaN
+    assert runs_json[1]["metrics"]["cost $x$"] == "nan"

@@ -186,3 +186,34 @@ def test_fit_stops_on_a_nan_loss_naming_the_epoch(tmp_path):
             val_data=None, samples_per_epoch=8, progress=lambda *a: None, log=lambda m: None,
         )  # fmt: skip
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
+
+
+def test_a_callback_that_stops_training_stops_it_for_good(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    class StopAfterTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == 2:
+                self.model.stop_training = True
+
+    def build():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        return model
+
+    def data(epoch):
+        return tf.data.Dataset.from_tensor_slices(
+            (np.ones((8, 2), "float32"), np.ones((8, 1), "float32"))
+        ).batch(4)
+
+    def fit(callbacks):
+        return fit_resumable(
+            ckpt_dir=tmp_path, fingerprint="k", epochs=5, build_model=build, train_data=data, val_data=None,
+            samples_per_epoch=8, callbacks=callbacks, progress=lambda *a: None, log=lambda m: None,
+        )  # fmt: skip
+
+    first = fit([StopAfterTwo()])
+    assert first["stopped_early"] and len(first["history"]["loss"]) == 2
+    again = fit([])
+    assert again["resumed_from"] == 2 and len(again["history"]["loss"]) == 2
