@@ -23,6 +23,7 @@ a `.weights.h5`, a `.keras` model, or none (random initialisation).
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -381,6 +382,38 @@ def load_backbone(
     except (ValueError, OSError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise GdlError(f"weights {path.name} do not fit the {name} backbone ({first})") from None
+
+
+@functools.cache
+def layer_names(name: str, include_top: bool = False) -> tuple[str, ...]:
+    """Every layer name of the backbone (built once with random weights, no file read): what
+    parameters naming feature layers are validated against before any work starts."""
+    _check_name(name)
+    if name == "mobilenet_v2":
+        names = MOBILENET_FEATURES if include_top else MOBILENET_FEATURES[:-2]
+        return tuple(names)
+    model = _keras_application(name, None, include_top, None if include_top else (None, None, 3))
+    return tuple(layer.name for layer in model.layers)
+
+
+def feature_layers(name: str) -> tuple[str, ...]:
+    """The layers worth naming as features (what an unknown-layer error lists)."""
+    if name == "mobilenet_v2":
+        return tuple(n for n in MOBILENET_FEATURES if n not in ("avg_pool", "logits", "predictions"))
+    if name == "inception_v3":  # its conv2d_N names depend on how many models Keras built before
+        return tuple(n for n in layer_names(name) if n.startswith("mixed"))
+    return tuple(n for n in layer_names(name) if n.startswith("block"))
+
+
+def check_layers(name: str, layers: Sequence[str]) -> None:
+    """ValueError (for a params validator) naming the unknown layers and listing the valid ones."""
+    known = set(layer_names(name))
+    unknown = [n for n in layers if n not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown layer {', '.join(map(repr, unknown))} for {name}; "
+            f"valid: {', '.join(feature_layers(name))}"
+        )
 
 
 def feature_model(model, layer_names: Sequence[str]):
