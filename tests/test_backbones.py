@@ -14,9 +14,11 @@ import pytest
 from models.backbones import (
     BACKBONES,
     build_mobilenet_v2,
+    check_layers,
     deprocess,
     feature_model,
     input_step,
+    layer_names,
     load_backbone,
     load_torch_mobilenet_v2,
     offline_mobilenet_v2_path,
@@ -285,3 +287,9 @@ def test_every_backbone_exposes_the_books_layers(name, shape, layers):
     assert set(out) == set(layers)
     with pytest.raises(GdlError, match="unknown layer 'no_such_layer'.*valid: "):
         feature_model(model, ["no_such_layer"])
+    # The same names are known before any model is built for a run (params validation).
+    check_layers(name, layers)
+    with pytest.raises(ValueError, match="unknown layer 'no_such_layer'.*valid: ") as info:
+        check_layers(name, [layers[0], "no_such_layer"])
+    listed = str(info.value).split("valid: ")[1].split(", ")
+    assert set(layers) <= set(listed) and set(listed) <= set(layer_names(name))
