@@ -122,6 +122,9 @@ class DeepDreamParams(TechniqueParams):
     def _known_layers(self) -> DeepDreamParams:
         if not self.layers:
             raise ValueError("layers: give at least one layer and its coefficient")
+        bad = {k: v for k, v in self.layers.items() if not np.isfinite(v)}
+        if bad:
+            raise ValueError(f"layers: coefficients must be finite numbers (got {bad})")
         if not set(self.layers) <= STABLE_LAYERS.get(self.backbone, set()):
             from models.backbones import check_layers
 

@@ -208,6 +208,8 @@ def test_an_unknown_layer_is_rejected_up_front_with_the_valid_ones(project):
     assert dd.DeepDreamParams().layers == dd.BOOK_LAYERS
     with pytest.raises(ValueError, match="layers: unknown layer 'block_5' for vgg19"):
         dd.DeepDreamParams(backbone="vgg19", layers={"block_5": 1.0})
+    with pytest.raises(ValueError, match="layers: coefficients must be finite"):
+        dd.DeepDreamParams(layers={"mixed3": float("nan")})
 
 
 def test_weights_of_another_model_are_refused_before_the_dream_starts(project):
