@@ -35,3 +35,25 @@ def test_text_sampling_benchmark_prints_its_ratios_as_json():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("default_vs_book", "stateful_vs_book", "vectorize_memory_ratio"):
         assert report[key] > 0
+
+
+def test_deepdream_step_benchmark_prints_its_ratio_as_json():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "deepdream_step.py"),
+            "--max-side",
+            "48",
+            "--steps",
+            "2",
+            "--num-octave",
+            "2",
+            "--random-weights",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["compiled_vs_eager"] > 0 and report["traces"] == 1
