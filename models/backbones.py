@@ -405,8 +405,27 @@ def feature_layers(name: str) -> tuple[str, ...]:
     return tuple(n for n in layer_names(name) if n.startswith("block"))
 
 
+# Layer names Keras' InceptionV3 and VGG19 always have: accepted without building the network
+# (seconds, and a TensorFlow import) just to validate params. Other names are checked against the
+# built network, and the error lists the valid ones.
+STABLE_LAYERS = {
+    "mobilenet_v2": set(MOBILENET_FEATURES),
+    "inception_v3": {f"mixed{i}" for i in range(11)} | {"mixed9_0", "mixed9_1"},
+    "vgg19": {f"block{b}_conv{c}" for b in (1, 2) for c in (1, 2)}
+    | {f"block{b}_conv{c}" for b in (3, 4, 5) for c in (1, 2, 3, 4)}
+    | {f"block{b}_pool" for b in range(1, 6)},
+}
+# The smallest input side each network still gives a feature map for: InceptionV3's unpadded stem
+# needs 75 px; VGG19's five poolings need 32; MobileNetV2 pads every convolution, and 16 px keep its
+# stride-16 blocks 1 px wide.
+MIN_SIDE = {"inception_v3": 75, "vgg19": 32, "mobilenet_v2": 16}
+
+
 def check_layers(name: str, layers: Sequence[str]) -> None:
     """ValueError (for a params validator) naming the unknown layers and listing the valid ones."""
+    _check_name(name)
+    if set(layers) <= STABLE_LAYERS[name] - {"logits", "predictions"}:
+        return
     known = set(layer_names(name))
     unknown = [n for n in layers if n not in known]
     if unknown:

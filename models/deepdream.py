@@ -54,18 +54,6 @@ WEIGHTS = {
     "vgg19": "vgg19_imagenet_notop",
     "mobilenet_v2": "mobilenet_v2_imagenet",
 }
-# The smallest side an octave may have: InceptionV3's unpadded stem needs 75 px; VGG19's five
-# poolings need 32; MobileNetV2 pads every convolution, 16 px keep its stride-16 blocks 1 px wide.
-MIN_SIDE = {"inception_v3": 75, "vgg19": 32, "mobilenet_v2": 16}
-# Layer names that always exist in Keras' InceptionV3 / VGG19: accepted without building the
-# network (a few seconds and a TensorFlow import) just to validate the params. Any other name goes
-# through backbones.check_layers, which builds it once and lists the valid ones.
-STABLE_LAYERS = {
-    "inception_v3": {f"mixed{i}" for i in range(11)} | {"mixed9_0", "mixed9_1"},
-    "vgg19": {f"block{b}_conv{c}" for b in (1, 2) for c in (1, 2)}
-    | {f"block{b}_conv{c}" for b in (3, 4, 5) for c in (1, 2, 3, 4)}
-    | {f"block{b}_pool" for b in range(1, 6)},
-}
 BOOK_LAYERS = {"mixed2": 0.2, "mixed3": 3.0, "mixed4": 2.0, "mixed5": 1.5}
 DEMO_LAYERS = {"block_5": 0.5, "block_9": 2.0, "block_12": 2.0, "block_14": 1.0}
 
@@ -125,13 +113,12 @@ class DeepDreamParams(TechniqueParams):
         bad = {k: v for k, v in self.layers.items() if not np.isfinite(v)}
         if bad:
             raise ValueError(f"layers: coefficients must be finite numbers (got {bad})")
-        if not set(self.layers) <= STABLE_LAYERS.get(self.backbone, set()):
-            from models.backbones import check_layers
+        from models.backbones import check_layers
 
-            try:
-                check_layers(self.backbone, list(self.layers))
-            except ValueError as exc:
-                raise ValueError(f"layers: {exc}") from None
+        try:
+            check_layers(self.backbone, list(self.layers))
+        except ValueError as exc:
+            raise ValueError(f"layers: {exc}") from None
         return self
 
 
@@ -244,6 +231,7 @@ def make_ascent_step(
 
 
 def vectorize(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
+    from models.backbones import MIN_SIDE
     from models.images import load_image, resize
 
     photo = load_image(ctx.inputs["image"], max_pixels=p.max_pixels, origin=f"image ({p.image})")
