@@ -35,3 +35,15 @@ def test_text_sampling_benchmark_prints_its_ratios_as_json():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("default_vs_book", "stateful_vs_book", "vectorize_memory_ratio"):
         assert report[key] > 0
+
+
+def test_adversarial_benchmark_prints_its_ratio_as_json():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "adversarial.py"), "--size", "64", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["eager_vs_compiled"] > 0 and 0 <= report["differing_fraction"] <= 1
