@@ -470,6 +470,7 @@ def report(p: AdversarialParams, dirs: dict[str, Path]) -> Report:
         "attack_steps": a["steps"],
         "png_target_probability": a["png_p_target"],
         "png_attack_success": int(a["png_success"]),
+        "png_top1": a["png_top1"],
         "clean_target_probability": a["p_target_clean"],
         "max_change_input_space": a["max_change"],
         "png_max_change_levels": a["png_max_levels"],
