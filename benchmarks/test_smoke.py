@@ -13,47 +13,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_text_sampling_benchmark_prints_its_ratios_as_json():
+def bench(script: str, *args: str) -> dict:
+    """Run a benchmark script; its last line is one JSON object of ratios."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "text_sampling.py"),
-            "--max-chars",
-            "20000",
-            "--book-chars",
-            "3",
-            "--length",
-            "20",
-            "--stateful-length",
-            "50",
-        ],
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_text_sampling_benchmark_prints_its_ratios_as_json():
+    report = bench(
+        "text_sampling.py",
+        *("--max-chars", "20000", "--book-chars", "3", "--length", "20", "--stateful-length", "50"),
+    )
     for key in ("default_vs_book", "stateful_vs_book", "vectorize_memory_ratio"):
         assert report[key] > 0
 
 
 def test_deepdream_step_benchmark_prints_its_ratio_as_json():
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "deepdream_step.py"),
-            "--max-side",
-            "48",
-            "--steps",
-            "2",
-            "--num-octave",
-            "2",
-            "--random-weights",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    report = bench(
+        "deepdream_step.py", *("--max-side", "48", "--steps", "2", "--num-octave", "2", "--random-weights")
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["compiled_vs_eager"] > 0 and report["traces"] == 1
+
+
+def test_adversarial_benchmark_prints_its_ratio_as_json():
+    report = bench("adversarial.py", "--size", "64", "--steps", "2")
+    assert report["compiled_vs_eager"] > 0 and 0 <= report["differing_fraction"] <= 1
