@@ -29,12 +29,11 @@ import numpy as np  # noqa: E402
 from models.adversarial import (  # noqa: E402
     DEMO,
     AdversarialParams,
-    eval_crop,
     load_classifier,
     pixel_bounds,
     targeted_step,
 )
-from models.backbones import offline_mobilenet_v2_path, preprocess  # noqa: E402
+from models.backbones import eval_crop, offline_mobilenet_v2_path, preprocess  # noqa: E402
 from models.images import load_image  # noqa: E402
 from models.offline import packaged_file  # noqa: E402
 

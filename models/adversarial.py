@@ -32,7 +32,6 @@ that fools the network, so per photo PGD succeeds wherever FGSM does.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import shutil
@@ -40,20 +39,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image as PILImage
 from pydantic import field_validator
 
 from models.datasets import image_files
 from models.files import GdlError, write_json_atomic
 from models.params import TechniqueParams, param
 from models.registry import Input, StepContext, Technique, register
-from models.report import Curve, Grid, Image, Note, Report, Table
+from models.report import Curve, Grid, Note, Report, Table
 
 PHOTO, PHOTOS, META = "photo.npy", "photos.npy", "meta.json"
 ATTACKED, PNG, RESULT = "attacked.npy", "adversarial.png", "attack.json"
 SWEEP = "sweep.json"
 CLASSES = 1000  # ImageNet
-EVAL_CROP = 0.875  # centre crop = 87.5% of the shorter side (torchvision: 224 of 256)
 LEVEL_TOLERANCE = 1e-3  # of a grey level, so epsilon = exactly k levels allows k levels
 SWEEP_BATCH = 16  # photos per batch of the sweep (a folder of your own can be large)
 DIFF_GAIN = 50  # the difference image is amplified this many times around grey
@@ -171,21 +168,8 @@ def input_size(p: AdversarialParams) -> int:
     return p.image_size or default_input_size(p.backbone)
 
 
-def eval_crop(rgb: np.ndarray, size: int) -> np.ndarray:
-    """The evaluation view: shorter side to size / 0.875 (bilinear), then the centre size x size."""
-    from models.images import center_crop, resize
-
-    short = max(size, round(size / EVAL_CROP))
-    h, w = rgb.shape[:2]
-    scaled = (
-        resize(rgb, height=short, resample="bilinear")
-        if h <= w
-        else resize(rgb, width=short, resample="bilinear")
-    )
-    return np.ascontiguousarray(center_crop(scaled, size, size))
-
-
 def vectorize(p: AdversarialParams, ctx: StepContext) -> dict[str, Any]:
+    from models.backbones import eval_crop
     from models.images import load_image
 
     size = input_size(p)
@@ -455,7 +439,6 @@ def difference(photo: np.ndarray, other: np.ndarray, gain: int) -> np.ndarray:
 def report(p: AdversarialParams, dirs: dict[str, Path]) -> Report:
     from models.backbones import deprocess
     from models.images import load_image
-    from models.report import line_png
 
     a = json.loads((dirs["train"] / RESULT).read_text())
     sw = json.loads((dirs["sample"] / SWEEP).read_text())
@@ -488,13 +471,6 @@ def report(p: AdversarialParams, dirs: dict[str, Path]) -> Report:
         for i, (c, t, q) in enumerate(zip(a["top5_clean"], a["top5_attacked"], a["top5_png"], strict=True))
     ]
     epsilons = [r["epsilon"] for r in sw["rows"]]
-    chart = line_png(
-        {"FGSM": [r["fgsm_success"] for r in sw["rows"]], "PGD": [r["pgd_success"] for r in sw["rows"]]},
-        "epsilon (input space)",
-        "success rate (top-1 changed)",
-        x_values=epsilons,
-    )
-    chart_rgb = np.array(PILImage.open(io.BytesIO(chart)).convert("RGB"))
     return Report(
         title=f"adversarial: {p.backbone} fooled into class {p.target_class}",
         metrics=metrics,
@@ -529,7 +505,17 @@ def report(p: AdversarialParams, dirs: dict[str, Path]) -> Report:
                 "FGSM point; success = top-1 changed from the clean prediction, measured on the float "
                 "images (an epsilon under one grey level cannot survive 8-bit storage)."
             ),
-            Image("Untargeted success rate per epsilon", "sweep.png", chart_rgb),
+            Curve(
+                "Untargeted success rate per epsilon",
+                "sweep.png",
+                {
+                    "FGSM": [r["fgsm_success"] for r in sw["rows"]],
+                    "PGD": [r["pgd_success"] for r in sw["rows"]],
+                },
+                x="epsilon (input space)",
+                y="success rate (top-1 changed)",
+                x_values=epsilons,
+            ),
             Table(
                 f"Untargeted FGSM / PGD ({p.pgd_steps} steps of {p.pgd_step_ratio} epsilon), "
                 f"{len(names)} photos",

@@ -104,6 +104,21 @@ def default_input_size(name: str) -> int:
     return INPUT_SIZE[name]
 
 
+EVAL_CROP = 0.875  # the evaluation view's centre crop: 87.5% of the shorter side (torchvision: 224 of 256)
+
+
+def eval_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The classifier's evaluation view of a photo: shorter side to size / 0.875 (bilinear), then
+    the centre size x size (torchvision's ImageNet evaluation transform at size 224)."""
+    from models.images import center_crop, resize
+
+    short = max(size, round(size / EVAL_CROP))
+    h, w = rgb.shape[:2]
+    side = {"height": short} if h <= w else {"width": short}
+    scaled = resize(rgb, resample="bilinear", **side)
+    return np.ascontiguousarray(center_crop(scaled, size, size))
+
+
 # ---------------------------------------------------------------------------------------------
 # MobileNetV2, torchvision's layout
 

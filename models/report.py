@@ -18,13 +18,12 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from models.files import GdlError, safe_name
 
-XAxis = Literal["epoch", "step", "iteration"]
 THUMBNAIL = 480  # longest side of an image inlined in a Prefect artifact
 
 
@@ -70,7 +69,7 @@ class Curve:
     caption: str
     file: str
     series: Mapping[str, Sequence[float]]
-    x: XAxis
+    x: str  # the x axis' label: "epoch", "step", "iteration", "epsilon (input space)"...
     y: str
     x_values: Sequence[float] | None = None  # default 1..n
     log_y: bool = False

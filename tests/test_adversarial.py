@@ -18,13 +18,12 @@ from models.adversarial import (
     TINY,
     AdversarialParams,
     allowed_levels,
-    eval_crop,
     load_classifier,
     quantize,
     sweep,
     to_levels,
 )
-from models.backbones import input_step, offline_mobilenet_v2_path, preprocess
+from models.backbones import eval_crop, input_step, offline_mobilenet_v2_path, preprocess
 from models.files import GdlError
 from models.images import load_image, save_png
 from models.offline import packaged_file

@@ -16,6 +16,7 @@ from models.backbones import (
     build_mobilenet_v2,
     check_layers,
     deprocess,
+    eval_crop,
     feature_model,
     input_step,
     layer_names,
@@ -25,7 +26,6 @@ from models.backbones import (
     preprocess,
 )
 from models.files import GdlError
-from models.images import center_crop, resize
 from models.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL, read_state_dict
 
 
@@ -40,24 +40,12 @@ def classifier():
     return model, described
 
 
-def imagenet_crop(rgb: np.ndarray) -> np.ndarray:
-    """torchvision's evaluation transform: shorter side to 256 (bilinear), centre 224."""
-    h, w = rgb.shape[:2]
-    scaled = (
-        resize(rgb, height=256, resample="bilinear")
-        if h <= w
-        else resize(rgb, width=256, resample="bilinear")
-    )
-    return center_crop(scaled, 224, 224)
-
-
 def test_offline_mobilenet_v2_sees_a_cat_in_chelsea(classifier):
     import skimage.data
 
     model, described = classifier
-    probs = model.predict(preprocess("mobilenet_v2", imagenet_crop(skimage.data.chelsea()))[None], verbose=0)[
-        0
-    ]
+    view = eval_crop(skimage.data.chelsea(), 224)
+    probs = model.predict(preprocess("mobilenet_v2", view)[None], verbose=0)[0]
     top5 = np.argsort(probs)[::-1][:5]
     assert set(top5) & set(range(281, 286)), top5  # ImageNet's domestic cats
     assert top5[0] in range(281, 286) and probs[top5[0]] > 0.5  # a wrong port is not this confident
