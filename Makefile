@@ -13,7 +13,7 @@ lint:
 format:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 bench:           ## side-by-side performance runs (not part of the tests' pass/fail)
-	python3 -m flows.bootstrap env && $(PY) benchmarks/text_sampling.py
+	python3 -m flows.bootstrap env && for b in benchmarks/[a-z]*.py; do case $$b in */test_*) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 bench-smoke:     ## the benchmarks at toy sizes: do they still run? (not in the test suite)
 	python3 -m flows.bootstrap env && $(PY) -m pytest -q benchmarks
 repro:           ## reproduce every DVC stage of the default profile

@@ -539,7 +539,7 @@ def report(p: AdversarialParams, dirs: dict[str, Path]) -> Report:
 register(
     Technique(
         name="adversarial",
-        summary="targeted iterative attack and an FGSM/PGD sweep on an ImageNet classifier",
+        summary="targeted iterative attack and an FGSM/PGD sweep on an ImageNet classifier (Cookbook 8)",
         params_model=AdversarialParams,
         inputs={
             "photo": Input("chelsea", source="photo_source"),

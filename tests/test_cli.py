@@ -13,7 +13,10 @@ def test_list_prints_each_technique_name_first(project):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == list(techniques())
-    assert "nietzsche" in lines[0]
+    by_name = {line.split("\t")[0]: line for line in lines}
+    assert "nietzsche" in by_name["text_lstm"]
+    for name, t in techniques().items():  # every dataset either profile reads is listed
+        assert all(d in by_name[name] for d in t.dataset_names)
 
 
 @pytest.mark.parametrize(
