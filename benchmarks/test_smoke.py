@@ -35,3 +35,27 @@ def test_text_sampling_benchmark_prints_its_ratios_as_json():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("default_vs_book", "stateful_vs_book", "vectorize_memory_ratio"):
         assert report[key] > 0
+
+
+def test_style_transfer_benchmark_prints_its_ratios_as_json():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "style_transfer.py"),
+            "--height",
+            "32",
+            "--iterations",
+            "1",
+            "--evaluations",
+            "3",
+            "--forward-runs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("fused_vs_separate", "fused_vs_book", "fast_vs_optimisation"):
+        assert report[key] > 0

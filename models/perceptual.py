@@ -145,4 +145,3 @@ class PerceptualLoss:
         w = self.weights
         total = w.content * c + w.style * s + w.total_variation * tv
         return {"content": c, "style": s, "tv": tv, "total": total}
-
