@@ -162,10 +162,10 @@ TINY = {
     "base_filters": 4,
     "residual_blocks": 1,
     "batch_size": 2,
-    "steps": 6,
-    "checkpoint_every": 3,
-    "frame_every": 3,
-    "compare_iterations": 2,
+    "steps": 4,
+    "checkpoint_every": 2,
+    "frame_every": 2,
+    "compare_iterations": 1,
     "compare_evaluations": 3,
 }
 

@@ -76,7 +76,8 @@ def test_training_lowers_the_perceptual_loss():
     import keras
 
     keras.utils.set_random_seed(2)
-    style = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    rng = np.random.default_rng(2)  # its own: the outcome does not depend on which tests ran before
+    style = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     loss, _ = build_loss(
         "mobilenet_v2",
         None,
@@ -86,8 +87,8 @@ def test_training_lowers_the_perceptual_loss():
         style,
     )
     net = build_transformer(base_filters=4, residual_blocks=1)
-    step = make_train_step(net, loss, "mobilenet_v2", keras.optimizers.Adam(1e-2))
-    photos = [RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8)]
+    step = make_train_step(net, loss, "mobilenet_v2", keras.optimizers.Adam(2e-3))
+    photos = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)]
     fixed = random_crops(photos, 32, 2, seed=0, step=0)
 
     def total() -> float:
