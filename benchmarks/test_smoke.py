@@ -44,3 +44,12 @@ def test_deepdream_step_benchmark_prints_its_ratio_as_json():
 def test_adversarial_benchmark_prints_its_ratio_as_json():
     report = bench("adversarial.py", "--size", "64", "--steps", "2")
     assert report["compiled_vs_eager"] > 0 and 0 <= report["differing_fraction"] <= 1
+
+
+def test_style_transfer_benchmark_prints_its_ratios_as_json():
+    report = bench(
+        "style_transfer.py",
+        *("--height", "32", "--iterations", "1", "--evaluations", "3", "--forward-runs", "2"),
+    )
+    for key in ("fused_vs_separate", "fused_vs_book", "fast_vs_optimisation"):
+        assert report[key] > 0

@@ -1,0 +1,186 @@
+"""style_transfer and fast_style_transfer, side by side in one run.
+
+(a) Optimisation NST, the same L-BFGS-B (maxfun per outer iteration, as the book) on the same
+    loss, three ways, timed to the same loss:
+      ours      one compiled function returns loss AND gradient per L-BFGS evaluation; the
+                content and style targets are constants (the network sees one image)
+      separate  the same compiled loss, but loss and gradient as two calls (SciPy `fun` and
+                `jac`): the network runs twice per evaluation
+      book      separate calls on the book's graph: target, style and combination images
+                through the network as one batch of three at every call (Chollet 8.3 builds
+                VGG19 on that concatenation). The book's own Evaluator fetches loss and
+                gradient in one K.function call; "separate" is the redundancy it warns about.
+(b) One forward pass of the fast style transfer network (demo size, untrained weights: the time
+    does not depend on them) against the optimisation NST of (a) per image.
+
+Content and style are the demo's (chelsea, hubble_deep_field), the loss network its offline
+ImageNet MobileNetV2 and layers. The last line printed is one JSON object with the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from models.backbones import offline_mobilenet_v2_path, preprocess  # noqa: E402
+from models.datasets import get_dataset  # noqa: E402
+from models.fast_style_transfer import DEMO as FAST_DEMO  # noqa: E402
+from models.fast_style_transfer import Stylizer, build_transformer  # noqa: E402
+from models.offline import packaged_file  # noqa: E402
+from models.perceptual import content_loss, gram_matrix, style_loss, total_variation_loss  # noqa: E402
+from models.style_transfer import (  # noqa: E402
+    DEMO,
+    Objective,
+    StyleTransferParams,
+    build_loss,
+    load_pair,
+    loss_weights,
+)
+
+BACKBONE = "mobilenet_v2"
+
+
+def offline_image(name: str) -> Path:
+    return packaged_file(**get_dataset(name).offline.args)
+
+
+def book_graph(loss, content_pre: np.ndarray, style_pre: np.ndarray):
+    """Loss and gradient as two compiled functions over the book's batch of three images."""
+    import tensorflow as tf
+
+    shape = (1, *content_pre.shape)
+    fixed = tf.constant(np.stack([content_pre, style_pre]).astype(np.float32))
+    h, w = content_pre.shape[:2]
+    spec = [tf.TensorSpec([int(np.prod(shape))], tf.float64)]
+    weights = loss.weights
+
+    def total(flat):
+        x = tf.reshape(tf.cast(flat, tf.float32), shape)
+        out = loss.features(tf.concat([fixed, x], axis=0))  # target, style, combination
+        c = content_loss(out[loss.content_layer][0:1], out[loss.content_layer][2:3])
+        s = tf.add_n(
+            [style_loss(gram_matrix(out[n][1:2])[0], out[n][2:3], h, w) for n in loss.style_layers]
+        ) / float(len(loss.style_layers))
+        return weights.content * c + weights.style * s + weights.total_variation * total_variation_loss(x)
+
+    def grad(flat):
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            value = total(flat)
+        return tape.gradient(value, flat)
+
+    loss_fn = tf.function(lambda flat: tf.cast(total(flat), tf.float64), input_signature=spec)
+    return loss_fn, tf.function(grad, input_signature=spec)
+
+
+def run_lbfgs(fun, jac, x0: np.ndarray, evaluations: int, iterations: int, target: float | None):
+    """Outer L-BFGS-B iterations (as `style_transfer.lbfgs_run`, with `jac` either True, `fun`
+    returning loss and gradient, or a separate gradient function) until `iterations` are done or
+    the loss reaches `target`: (seconds, losses per iteration)."""
+    from scipy.optimize import minimize
+
+    options = {"maxfun": evaluations, "maxiter": 10**6, "gtol": 0.0}
+    x, losses, t0 = x0, [], time.perf_counter()
+    for _ in range(iterations):
+        result = minimize(fun, x, jac=jac, method="L-BFGS-B", options=options)
+        x = result.x
+        losses.append(float(result.fun))
+        if target is not None and losses[-1] <= target:
+            break
+    return time.perf_counter() - t0, losses
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--height", type=int, default=DEMO["height"])
+    ap.add_argument(
+        "--iterations", type=int, default=DEMO["iterations"], help="outer L-BFGS iterations (ours)"
+    )
+    ap.add_argument("--evaluations", type=int, default=20, help="loss evaluations per L-BFGS run (maxfun)")
+    ap.add_argument("--forward-runs", type=int, default=10)
+    args = ap.parse_args()
+
+    p = StyleTransferParams(**DEMO)
+    content, style = load_pair(offline_image(p.content), offline_image(p.style), args.height, 10**9)
+    print(f"content {p.content}, style {p.style}: {content.shape[1]}x{content.shape[0]} px, {BACKBONE}")
+    loss, _ = build_loss(
+        BACKBONE, offline_mobilenet_v2_path(), p.content_layer, p.style_layers, loss_weights(p), style
+    )
+    content_pre, style_pre = preprocess(BACKBONE, content), preprocess(BACKBONE, style)
+    objective = Objective(loss, content_pre)
+    x0 = content_pre.astype(np.float64).ravel()
+
+    book_loss, book_grad = book_graph(loss, content_pre, style_pre)
+    # Trace and compile everything once, not timed.
+    objective.scipy_fun(x0), objective.loss_only(x0), objective.grad_only(x0), book_loss(x0), book_grad(x0)
+    print(f"initial loss {float(objective.loss_only(x0)):.6g}; book graph {float(book_loss(x0)):.6g}")
+
+    ours_s, ours_losses = run_lbfgs(objective.scipy_fun, True, x0, args.evaluations, args.iterations, None)
+    target = ours_losses[-1] * (1 + 1e-3)
+    print(
+        f"ours (fused, 1 image): {args.iterations} iterations, loss {ours_losses[-1]:.6g} in {ours_s:.2f} s"
+    )
+    timings = {"ours": ours_s}
+    for name, (loss_fn, grad_fn) in {
+        "separate": (objective.loss_only, objective.grad_only),
+        "book": (book_loss, book_grad),
+    }.items():
+        seconds, losses = run_lbfgs(
+            lambda x, f=loss_fn: float(f(x)),
+            lambda x, g=grad_fn: g(x).numpy(),
+            x0,
+            args.evaluations,
+            2 * args.iterations,
+            target,
+        )
+        reached = losses[-1] <= target
+        timings[name] = seconds if reached else float("inf")
+        print(
+            f"{name}: {len(losses)} iterations, loss {losses[-1]:.6g} in {seconds:.2f} s"
+            + (f" -> ours is {seconds / ours_s:.2f}x faster" if reached else " (never reached ours)")
+        )
+
+    net = build_transformer(FAST_DEMO["base_filters"], FAST_DEMO["residual_blocks"])
+    stylize = Stylizer(net)
+    stylize(content)  # trace, not timed
+    forward = []
+    for _ in range(args.forward_runs):
+        t0 = time.perf_counter()
+        stylize(content)
+        forward.append(time.perf_counter() - t0)
+    forward_s = float(np.median(forward))
+    print(
+        f"fast NST forward pass ({FAST_DEMO['base_filters']} filters, "
+        f"{FAST_DEMO['residual_blocks']} residual blocks): {forward_s * 1000:.1f} ms "
+        f"vs optimisation {ours_s:.2f} s -> {ours_s / forward_s:.0f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "size": [int(content.shape[0]), int(content.shape[1])],
+                "iterations": args.iterations,
+                "evaluations_per_iteration": args.evaluations,
+                "target_loss": target,
+                "ours_seconds": round(ours_s, 3),
+                "separate_seconds": round(timings["separate"], 3),
+                "book_seconds": round(timings["book"], 3),
+                "fused_vs_separate": round(timings["separate"] / ours_s, 2),
+                "fused_vs_book": round(timings["book"] / ours_s, 2),
+                "forward_seconds": round(forward_s, 5),
+                "fast_vs_optimisation": round(ours_s / forward_s, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
