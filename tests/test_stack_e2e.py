@@ -210,10 +210,8 @@ def test_clicking_run_in_the_ui_starts_a_run_that_completes(stack):
         # Two tries: on a loaded CI machine the UI's request can still meet a busy SQLite server.
         for _ in range(2):
             wait = WebDriverWait(driver, 60)
-            driver.get(stack["ui"] + "/deployments")
-            wait.until(
-                ec.element_to_be_clickable((By.XPATH, "//a[normalize-space()='text_lstm-demo']"))
-            ).click()
+            # The deployment's own page (the list pages through more deployments than fit one page).
+            driver.get(f"{stack['ui']}/deployments/deployment/{deployment['id']}")
             wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button.run-menu__run-button"))).click()
             items = wait.until(
                 ec.visibility_of_any_elements_located((By.CSS_SELECTOR, ".p-overflow-menu-item"))
