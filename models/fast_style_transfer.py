@@ -22,22 +22,21 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import model_validator
 
 from models.files import GdlError, write_json_atomic
-from models.params import TechniqueParams, param
+from models.params import param
 from models.perceptual import PerceptualLoss, preprocess_tensor
 from models.registry import Input, StepContext, Technique, register
 from models.report import Animation, Curve, Grid, Note, Report, Table
 from models.style_transfer import (
-    BOOK_STYLE_LAYERS,
-    MOBILENET_CONTENT_LAYER,
-    MOBILENET_STYLE_LAYERS,
+    STYLE_LOSS_DEMO,
     WEIGHTS,
     Objective,
+    StyleLossParams,
     build_loss,
     loss_weights,
     make_step,
@@ -54,26 +53,13 @@ COMPARISON = "comparison.json"
 DOWNSCALE = 4  # two stride-2 convolutions: sides must be multiples of 4 to come back the same size
 
 
-class FastStyleTransferParams(TechniqueParams):
+class FastStyleTransferParams(StyleLossParams):
     content_source: str = param(
         "offline",
         "download",
         "Content photos to train on: offline (the bundled `photos`; the catalog has no COCO, which "
         "Johnson et al. train on) or a folder, URL, archive or s3:// prefix of your own.",
     )
-    style: str = param(
-        "starry_night", "download", "Style image: a catalog entry (keras-io: The Starry Night)."
-    )
-    style_source: str = param(
-        "remote", "download", "Where to read the style image: remote, offline, or your own path/URL/s3://."
-    )
-    backbone: Literal["vgg19", "mobilenet_v2"] = param(
-        "vgg19", "download", "Loss network (Chollet 8.3's VGG19; Johnson et al. use VGG16)."
-    )
-    weights_source: str = param(
-        "remote", "download", "Loss network weights: remote, offline, your own file, or none (random)."
-    )
-    max_pixels: int = param(50_000_000, "vectorize", "Refuse images with more pixels than this.", ge=4)
     image_size: int = param(
         256, "vectorize", "Side of the square training crops (Johnson et al.: 256).", ge=16
     )
@@ -83,13 +69,6 @@ class FastStyleTransferParams(TechniqueParams):
     sample_side: int = param(
         512, "vectorize", "Longest side of the photos stylised by the sample step.", ge=8
     )
-    content_layer: str = param("block5_conv2", "train", "Content layer (the book's, as style_transfer).")
-    style_layers: list[str] = param(
-        BOOK_STYLE_LAYERS, "train", "Style layers (the book's, as style_transfer)."
-    )
-    content_weight: float = param(0.025, "train", "Content loss weight (Chollet 8.3: 0.025).", ge=0)
-    style_weight: float = param(1.0, "train", "Style loss weight (Chollet 8.3: 1.0).", ge=0)
-    tv_weight: float = param(1e-4, "train", "Total-variation loss weight (Chollet 8.3: 1e-4).", ge=0)
     base_filters: int = param(
         32, "train", "Filters of the first convolution, doubled twice (Johnson et al.: 32).", ge=1
     )
@@ -116,12 +95,7 @@ class FastStyleTransferParams(TechniqueParams):
     )
 
     @model_validator(mode="after")
-    def _layers_exist(self):
-        from models.backbones import check_layers
-
-        if not self.style_layers:
-            raise ValueError("style_layers needs at least one layer")
-        check_layers(self.backbone, [self.content_layer, *self.style_layers])
+    def _crops_fit(self):
         if self.photo_side < self.image_size:
             raise ValueError(
                 f"photo_side ({self.photo_side}) must be at least image_size ({self.image_size})"
@@ -132,18 +106,10 @@ class FastStyleTransferParams(TechniqueParams):
 DEMO = {
     # Offline and CPU-sized: the bundled photos, 96 px crops, a slimmer network, MobileNetV2's
     # ImageNet weights and the layers and weights of style_transfer's demo.
-    "style": "hubble_deep_field",
-    "style_source": "offline",
-    "backbone": "mobilenet_v2",
-    "weights_source": "offline",
+    **STYLE_LOSS_DEMO,
     "image_size": 96,
     "photo_side": 128,
     "sample_side": 128,
-    "content_layer": MOBILENET_CONTENT_LAYER,
-    "style_layers": MOBILENET_STYLE_LAYERS,
-    "content_weight": 0.01,
-    "style_weight": 1e4,
-    "tv_weight": 1e-3,
     "base_filters": 16,
     "residual_blocks": 3,
     # 80 steps instead of 40,000: the network starts as the identity and learns a residual.

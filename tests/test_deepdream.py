@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_steps, write_params
+from conftest import run_steps, steps_in_own_project
 
 import models.deepdream as dd
 from models.files import GdlError
@@ -26,14 +26,7 @@ def _history(project, done) -> dict:
 @pytest.fixture(scope="module")
 def dreamed(tmp_path_factory):
     """The tiny demo dream (offline ImageNet MobileNetV2 on Chelsea), run once for the module."""
-    root = tmp_path_factory.mktemp("dream") / "proj"
-    root.mkdir()
-    write_params(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GDL_ROOT", str(root))
-        for var in ("GDL_S3_BUCKET", "GDL_PUBLISH_DIR", "GDL_S3_PREFIX", "GDL_SHARED_STORAGE"):
-            mp.delenv(var, raising=False)
-        return root, run_steps("deepdream")
+    return steps_in_own_project(tmp_path_factory, "deepdream")
 
 
 def test_demo_dream_climbs_real_imagenet_features_and_changes_the_photo(dreamed):
