@@ -31,7 +31,17 @@ FASTEST = "text_lstm"
 
 # The longest test files, longest first: with two workers (`-n 2 --dist loadfile`) they start at
 # once instead of last, so the run ends when the longest file does, not after it.
-LONGEST_FIRST = ("test_stack_e2e.py", "test_dvc_e2e.py", "test_flow_e2e.py", "test_shared_storage.py")
+LONGEST_FIRST = (
+    "test_stack_e2e.py",
+    "test_dvc_e2e.py",
+    "test_flow_e2e.py",
+    "test_techniques.py",
+    "test_fast_style_transfer.py",
+    "test_style_transfer.py",
+    "test_adversarial.py",
+    "test_deepdream.py",
+    "test_shared_storage.py",
+)
 
 
 def pytest_collection_modifyitems(items):
