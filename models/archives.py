@@ -20,7 +20,6 @@ import shutil
 import stat
 import struct
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, NoReturn
 
-from models.files import GdlError, env_number
+from models.files import GdlError, env_number, temp_dir_beside
 
 CHUNK = 1 << 20
 # tarfile reads pax and GNU long-name headers whole, so a hostile header size would fill memory;
@@ -307,7 +306,7 @@ def extract_archive(
         raise GdlError(f"cannot extract {origin}: {dest} exists and is not an empty folder")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent))
+        work = temp_dir_beside(dest.parent, f".{dest.name}.", ".extract")
     except OSError as exc:
         raise GdlError(f"cannot extract {origin} into {dest}: {exc}") from None
     try:

@@ -17,7 +17,6 @@ import gzip
 import http.client
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,6 +43,7 @@ from models.files import (
     safe_name,
     safe_relpath,
     sha256_file,
+    temp_dir_beside,
     write_json_atomic,
 )
 
@@ -576,7 +576,7 @@ def fetch(
     policy = policy or FetchPolicy.from_env()
     shown = redact(location)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dataset.file}.", suffix=".part", dir=dest_dir))
+    work = temp_dir_beside(dest_dir, f".{dataset.file}.", ".part")
     try:
         got = work / "download"
         _transfer(dataset, location, got, policy, log)

@@ -129,6 +129,20 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir_beside(parent: Path, prefix: str, suffix: str) -> Path:
+    """A fresh temp dir in `parent` with the permissions of any new folder (mkdtemp makes it
+    0700, which would stay on the folder it is renamed into and on every copy of it)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    path.chmod(0o777 & ~_umask())
+    return path
+
+
 @contextlib.contextmanager
 def staging_dir(final: Path, sweep: bool = False) -> Iterator[Path]:
     """A fresh sibling temp dir for building `final`; removed if the block fails. With `sweep`
@@ -138,7 +152,7 @@ def staging_dir(final: Path, sweep: bool = False) -> Iterator[Path]:
     if sweep:
         for stale in final.parent.glob(f".{final.name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = temp_dir_beside(final.parent, f".{final.name}.", ".tmp")
     try:
         yield tmp
     except BaseException:

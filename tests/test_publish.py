@@ -164,3 +164,19 @@ def test_a_manifest_pointing_outside_data_is_refused_when_reporting(project, ste
     hostile = {**steps["upstream"], "train": {**steps["upstream"]["train"], "dir": "/etc"}}
     with pytest.raises(GdlError, match="unsafe step directory"):
         publish.run("text_lstm", steps["params"], hostile)
+
+
+def test_step_outputs_runs_and_published_copies_have_a_new_folders_permissions(project, steps):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    publish.run("text_lstm", steps["params"], steps["upstream"])
+    expected = 0o777 & ~mask
+    assert expected != 0o700, "the test needs a umask that lets others read (e.g. 022)"
+    folders = [p for p in (project / "data").rglob("*") if p.is_dir()]
+    assert any(p.name == "samples" for p in folders) and any("published" in p.parts for p in folders)
+    wrong = {str(p.relative_to(project)): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders}
+    wrong = {k: v for k, v in wrong.items() if v != oct(expected)}
+    assert not wrong, f"staging folders keep mkdtemp's 0700: {wrong}"
