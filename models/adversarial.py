@@ -190,19 +190,15 @@ def vectorize(p: AdversarialParams, ctx: StepContext) -> dict[str, Any]:
 
 def load_classifier(p: AdversarialParams, weights: Path, size: int):
     """The backbone with its ImageNet classifier, and the weights in words."""
-    model, described = load_backbone_with_top(p.backbone, weights, size)
+    from models.backbones import load_backbone
+
+    model, described = load_backbone(p.backbone, weights, include_top=True, input_shape=(size, size, 3))
     classes = model.output_shape[-1]
     if classes != CLASSES:
         raise GdlError(
             f"weights {Path(weights).name}: the classifier has {classes} classes, not ImageNet's {CLASSES}"
         )
     return model, described
-
-
-def load_backbone_with_top(name: str, weights: Path, size: int):
-    from models.backbones import load_backbone
-
-    return load_backbone(name, weights, include_top=True, input_shape=(size, size, 3))
 
 
 def pixel_bounds(backbone: str) -> tuple[np.ndarray, np.ndarray]:

@@ -75,6 +75,25 @@ def preprocess(name: str, rgb: np.ndarray) -> np.ndarray:
     return x / 127.5 - 1.0
 
 
+def input_affine(backbone: str) -> tuple[np.ndarray, np.ndarray]:
+    """`preprocess(backbone, rgb)` as rgb @ A + b (every backbone's preprocessing is
+    affine per pixel, VGG's channel flip included), read off the numpy function itself so the
+    two can never disagree."""
+    b = preprocess(backbone, np.zeros((1, 1, 3), np.float32))[0, 0]
+    a = np.stack(
+        [preprocess(backbone, np.eye(3, dtype=np.float32)[i][None, None])[0, 0] - b for i in range(3)]
+    )
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+def preprocess_tensor(backbone: str, rgb):
+    """RGB 0..255 tensors (B, H, W, 3) -> the backbone's input, inside a compiled function."""
+    import tensorflow as tf
+
+    a, b = input_affine(backbone)
+    return tf.tensordot(rgb, tf.constant(a), axes=[[3], [0]]) + tf.constant(b)
+
+
 def deprocess(name: str, x: np.ndarray) -> np.ndarray:
     """The network's input -> uint8 RGB (clipped and rounded)."""
     _check_name(name)

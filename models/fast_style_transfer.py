@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 from pydantic import model_validator
 
+from models.backbones import preprocess_tensor
 from models.files import GdlError, write_json_atomic
 from models.params import param
-from models.perceptual import PerceptualLoss, preprocess_tensor
+from models.perceptual import PerceptualLoss
 from models.registry import Input, StepContext, Technique, register
 from models.report import Animation, Curve, Grid, Note, Report, Table
 from models.style_transfer import (

@@ -3,7 +3,7 @@ total-variation losses on a frozen ImageNet convnet's features, shared by the op
 (`style_transfer`) and feed-forward (`fast_style_transfer`) techniques.
 
 Everything works on batches of images already in the backbone's input space (see
-`backbones.preprocess`, or `preprocess_tensor` inside a compiled function). With a batch of one
+`backbones.preprocess`, or `backbones.preprocess_tensor` inside a compiled function). With a batch of one
 the numbers are exactly the book's: the content loss is the summed squared difference of one
 layer's features, each style layer's loss is the summed squared difference of Gram matrices
 scaled by 1 / (4 · channels² · size²) with the book's channels = 3 and size = the image's
@@ -66,27 +66,6 @@ def total_variation_loss(images):
     down = tf.square(corner - images[:, 1:, :-1, :])
     right = tf.square(corner - images[:, :-1, 1:, :])
     return tf.reduce_mean(tf.reduce_sum(tf.pow(down + right, TV_POWER), axis=[1, 2, 3]))
-
-
-def input_affine(backbone: str) -> tuple[np.ndarray, np.ndarray]:
-    """`backbones.preprocess(backbone, rgb)` as rgb @ A + b (every backbone's preprocessing is
-    affine per pixel, VGG's channel flip included), read off the numpy function itself so the
-    two can never disagree."""
-    from models.backbones import preprocess
-
-    b = preprocess(backbone, np.zeros((1, 1, 3), np.float32))[0, 0]
-    a = np.stack(
-        [preprocess(backbone, np.eye(3, dtype=np.float32)[i][None, None])[0, 0] - b for i in range(3)]
-    )
-    return a.astype(np.float32), b.astype(np.float32)
-
-
-def preprocess_tensor(backbone: str, rgb):
-    """RGB 0..255 tensors (B, H, W, 3) -> the backbone's input, inside a compiled function."""
-    import tensorflow as tf
-
-    a, b = input_affine(backbone)
-    return tf.tensordot(rgb, tf.constant(a), axes=[[3], [0]]) + tf.constant(b)
 
 
 @dataclass(frozen=True)

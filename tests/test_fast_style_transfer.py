@@ -92,7 +92,7 @@ def test_training_lowers_the_perceptual_loss():
     fixed = random_crops(photos, 32, 2, seed=0, step=0)
 
     def total() -> float:
-        from models.perceptual import preprocess_tensor
+        from models.backbones import preprocess_tensor
 
         target = loss.content_features(preprocess_tensor("mobilenet_v2", fixed))
         return float(loss(preprocess_tensor("mobilenet_v2", net(fixed)), target)["total"])

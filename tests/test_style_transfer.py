@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from conftest import run_steps
 
+from models.backbones import preprocess_tensor
 from models.files import GdlError, digest_json
 from models.images import save_png
 from models.perceptual import (
     LossWeights,
     content_loss,
     gram_matrix,
-    preprocess_tensor,
     style_loss,
     total_variation_loss,
 )
