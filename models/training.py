@@ -239,17 +239,34 @@ def fit_resumable(
 # Optimising an image
 
 
-def _state_arrays(variables: Mapping[str, Any], optimizer: Any) -> dict[str, np.ndarray]:
+def model_variables(**models: Any) -> dict[str, Any]:
+    """Every weight of these Keras models (trainable or not: batch-norm statistics too), named
+    for a checkpoint: `generator/0003`. Pass the result as `optimize_resumable`'s variables."""
+    return {f"{name}/{i:04d}": v for name, model in models.items() for i, v in enumerate(model.weights)}
+
+
+def _optimizer_list(optimizer: Any) -> list[Any]:
+    if optimizer is None:
+        return []
+    return list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+
+
+def _slots(optimizers: Sequence[Any]) -> dict[str, Any]:
+    # One optimizer keeps the historical names (opt.NNNN), so older checkpoints still resume.
+    if len(optimizers) == 1:
+        return {f"opt.{i:04d}": v for i, v in enumerate(optimizers[0].variables)}
+    return {f"opt{j}.{i:04d}": v for j, o in enumerate(optimizers) for i, v in enumerate(o.variables)}
+
+
+def _state_arrays(variables: Mapping[str, Any], optimizers: Sequence[Any]) -> dict[str, np.ndarray]:
     arrays = {f"var.{name}": np.asarray(v.numpy()) for name, v in variables.items()}
-    if optimizer is not None:
-        arrays.update({f"opt.{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    arrays.update({k: np.asarray(v.numpy()) for k, v in _slots(optimizers).items()})
     return arrays
 
 
-def _restore(arrays: Mapping[str, np.ndarray], variables: Mapping[str, Any], optimizer: Any) -> bool:
+def _restore(arrays: Mapping[str, np.ndarray], variables: Mapping[str, Any], optimizers: Sequence[Any]) -> bool:
     """Assign saved values; False (nothing assigned) if they do not fit these variables."""
-    slots = list(optimizer.variables) if optimizer is not None else []
-    wanted = {f"var.{n}": v for n, v in variables.items()} | {f"opt.{i:04d}": v for i, v in enumerate(slots)}
+    wanted = {f"var.{n}": v for n, v in variables.items()} | _slots(optimizers)
     if set(arrays) != set(wanted) or any(tuple(arrays[k].shape) != tuple(v.shape) for k, v in wanted.items()):
         return False
     for k, v in wanted.items():
@@ -265,7 +282,7 @@ def optimize_resumable(
     step: Callable[[int], Mapping[str, Any]],
     iterations: int,
     checkpoint_every: int,
-    optimizer: Any = None,
+    optimizer: Any = None,  # one optimizer, or a list (a GAN's generator and discriminator)
     should_stop: Callable[[Mapping[str, float]], bool] | None = None,
     snapshot_every: int = 0,
     snapshot: Callable[[int], None] | None = None,
@@ -275,8 +292,9 @@ def optimize_resumable(
 ) -> dict[str, Any]:
     """Run `step(i)` for i in [0, iterations), resumable from `ckpt_dir`.
 
-    `variables` (name -> keras/tf Variable: the image, and anything else the loop updates) and the
-    `optimizer`'s own variables are saved every `checkpoint_every` iterations and at the end;
+    `variables` (name -> keras/tf Variable: the image, a network's weights (`model_variables`),
+    anything else the loop updates) and the `optimizer`'s own variables (each optimizer's, when
+    given a list; each is built on the variables it trains before the first step) are saved every `checkpoint_every` iterations and at the end;
     `step` returns scalar metrics (tensors or floats) recorded per iteration. `should_stop`
     (given the latest metrics) ends the loop early. `snapshot(i)` is called after iteration i
     when (i + 1) % snapshot_every == 0, to write frames into `ckpt_dir`: they survive a resume.
@@ -287,15 +305,19 @@ def optimize_resumable(
             f"iterations must be >= 0 and checkpoint_every >= 1 (got {iterations}, {checkpoint_every})"
         )
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if optimizer is not None:
-        optimizer.build(list(variables.values()))
+    optimizers = _optimizer_list(optimizer)
+    if len(optimizers) == 1 and not optimizers[0].built:
+        optimizers[0].build(list(variables.values()))
+    unbuilt = [o for o in optimizers if not o.built]
+    if unbuilt:
+        raise GdlError("build each optimizer on the variables it trains before optimize_resumable")
     state_path = ckpt_dir / STATE
     state = read_json(state_path) if state_path.exists() else None
     start, history, stopped = 0, {}, False
     if state and state.get("fingerprint") == fingerprint and (ckpt_dir / state["checkpoint"]).exists():
         with np.load(ckpt_dir / state["checkpoint"], allow_pickle=False) as saved:
             arrays = {k: saved[k] for k in saved.files}
-        if _restore(arrays, variables, optimizer):
+        if _restore(arrays, variables, optimizers):
             start, history, stopped = int(state["iteration"]), state["history"], bool(state["stopped"])
             log(f"resuming from {label} {start} of {iterations}")
     if start == 0:
@@ -306,7 +328,7 @@ def optimize_resumable(
 
     def save(done: int, stopped: bool) -> None:
         name = f"{label}-{done:06d}.npz"
-        write_bytes_atomic(ckpt_dir / name, npz_bytes(_state_arrays(variables, optimizer)))
+        write_bytes_atomic(ckpt_dir / name, npz_bytes(_state_arrays(variables, optimizers)))
         write_json_atomic(
             state_path,
             {
