@@ -264,7 +264,9 @@ def _state_arrays(variables: Mapping[str, Any], optimizers: Sequence[Any]) -> di
     return arrays
 
 
-def _restore(arrays: Mapping[str, np.ndarray], variables: Mapping[str, Any], optimizers: Sequence[Any]) -> bool:
+def _restore(
+    arrays: Mapping[str, np.ndarray], variables: Mapping[str, Any], optimizers: Sequence[Any]
+) -> bool:
     """Assign saved values; False (nothing assigned) if they do not fit these variables."""
     wanted = {f"var.{n}": v for n, v in variables.items()} | _slots(optimizers)
     if set(arrays) != set(wanted) or any(tuple(arrays[k].shape) != tuple(v.shape) for k, v in wanted.items()):
@@ -294,7 +296,8 @@ def optimize_resumable(
 
     `variables` (name -> keras/tf Variable: the image, a network's weights (`model_variables`),
     anything else the loop updates) and the `optimizer`'s own variables (each optimizer's, when
-    given a list; each is built on the variables it trains before the first step) are saved every `checkpoint_every` iterations and at the end;
+    given a list; each built on the variables it trains beforehand) are saved every
+    `checkpoint_every` iterations and at the end;
     `step` returns scalar metrics (tensors or floats) recorded per iteration. `should_stop`
     (given the latest metrics) ends the loop early. `snapshot(i)` is called after iteration i
     when (i + 1) % snapshot_every == 0, to write frames into `ckpt_dir`: they survive a resume.

@@ -227,7 +227,8 @@ def _two_player(ckpt, fail_at=None):
     from models.training import model_variables
 
     keras.utils.set_random_seed(3)
-    a = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()], name="a")
+    layers = [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()]
+    a = keras.Sequential(layers, name="a")
     b = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)], name="b")
     opt_a, opt_b = keras.optimizers.Adam(0.05), keras.optimizers.RMSprop(0.01)
     opt_a.build(a.trainable_variables)
@@ -240,8 +241,12 @@ def _two_player(ckpt, fail_at=None):
             y = b(a(x, training=True))
             loss_b = tf.reduce_mean(tf.square(y - 1.0))
             loss_a = -loss_b
-        opt_b.apply_gradients(zip(tape.gradient(loss_b, b.trainable_variables), b.trainable_variables))
-        opt_a.apply_gradients(zip(tape.gradient(loss_a, a.trainable_variables), a.trainable_variables))
+        opt_b.apply_gradients(
+            zip(tape.gradient(loss_b, b.trainable_variables), b.trainable_variables, strict=True)
+        )
+        opt_a.apply_gradients(
+            zip(tape.gradient(loss_a, a.trainable_variables), a.trainable_variables, strict=True)
+        )
         return {"loss_a": loss_a, "loss_b": loss_b}
 
     def step(i):
@@ -251,8 +256,15 @@ def _two_player(ckpt, fail_at=None):
 
     variables = model_variables(a=a, b=b)
     optimize_resumable(
-        ckpt_dir=ckpt, fingerprint="k", variables=variables, optimizer=[opt_a, opt_b], step=step,
-        iterations=20, checkpoint_every=5, progress=lambda *a: None, log=lambda m: None,
+        ckpt_dir=ckpt,
+        fingerprint="k",
+        variables=variables,
+        optimizer=[opt_a, opt_b],
+        step=step,
+        iterations=20,
+        checkpoint_every=5,
+        progress=lambda *a: None,
+        log=lambda m: None,
     )
     return {k: v.numpy() for k, v in variables.items()} | {
         f"slot{i}": v.numpy() for i, v in enumerate([*opt_a.variables, *opt_b.variables])
