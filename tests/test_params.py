@@ -57,6 +57,7 @@ def test_set_overrides_a_parameter_with_a_typed_value(project):
         ("text_lstm.sample_length=3000000000", "sample_length: Input should be less than or equal to"),
         ("text_lstm.learning_rate=.inf", "text_lstm.learning_rate: Input should be a finite number"),
         ("text_lstm.learning_rate=.nan", "text_lstm.learning_rate: Input should be a finite number"),
+        ("text_lstm.epochs=3000000000", "text_lstm.epochs: Value error, integers must lie within"),
         ("text_lstm.epochs=true", "text_lstm.epochs: Input should be a valid integer"),
         ("text_lstm.epochs=2.5", "text_lstm.epochs: Input should be a valid integer"),
         ("text_lstm.batch_size='128'", "text_lstm.batch_size: Input should be a valid integer"),
