@@ -179,15 +179,17 @@ def retry(
     backoff: float,
     retry_on: tuple[type[BaseException], ...],
     on_retry: Callable[[int, BaseException, float], None] | None = None,
+    retry_if: Callable[[BaseException], bool] = lambda exc: True,
 ) -> T:
-    """Call `fn` up to `attempts` times, sleeping backoff, 2*backoff, ... between failures."""
+    """Call `fn` up to `attempts` times, sleeping backoff, 2*backoff, ... between failures of the
+    `retry_on` types that `retry_if` deems worth another try (others are raised at once)."""
     if attempts < 1:
         raise GdlError(f"retry attempts must be at least 1 (got {attempts})")
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except retry_on as exc:
-            if attempt == attempts:
+            if attempt == attempts or not retry_if(exc):
                 raise
             delay = backoff * 2 ** (attempt - 1)
             if on_retry:

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import free_port, run_steps
 
-from models.files import GdlError, safe_relpath
+from models.files import GdlError, RetryableError, safe_relpath
 from tasks import publish
 
 
@@ -77,6 +77,33 @@ def test_s3_down_fails_clearly_after_retries_and_keeps_local_results(project, st
     manifest = json.loads((run / "manifest.json").read_text())
     for rel, entry in manifest["files"].items():
         assert hashlib.sha256((run / rel).read_bytes()).hexdigest() == entry["sha256"]
+
+
+def test_a_missing_bucket_fails_at_once_without_retries(project, steps, s3, monkeypatch, caplog):
+    monkeypatch.setenv("GDL_S3_BUCKET", "no-such-bucket-here")
+    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "4")
+    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "5")  # a retry would make this test slow to fail
+    with caplog.at_level("WARNING", logger="gdl"), pytest.raises(GdlError) as err:
+        publish.run("text_lstm", steps["params"], steps["upstream"])
+    assert not isinstance(err.value, RetryableError)  # Prefect's task-level retry skips it too
+    message = str(err.value)
+    assert "NoSuchBucket" in message and "is intact" in message and "attempts" not in message
+    assert "\n" not in message
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+
+
+def test_transient_upload_failures_are_logged_with_their_reason(
+    project, steps, s3, failing_s3_proxy, monkeypatch, caplog
+):
+    _, bucket = s3
+    monkeypatch.setenv("GDL_S3_BUCKET", bucket)
+    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "2")
+    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "0.05")
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(0))  # every request answered 503
+    with caplog.at_level("WARNING", logger="gdl"), pytest.raises(publish.PublishError):
+        publish.run("text_lstm", steps["params"], steps["upstream"])
+    retries = [r.getMessage() for r in caplog.records if "retry in" in r.getMessage()]
+    assert len(retries) == 1 and "attempt 1 of 2" in retries[0] and "503" in retries[0]
 
 
 def test_outage_mid_publish_never_moves_latest_to_a_partial_run(
