@@ -128,6 +128,21 @@ def _run_logging(verbose: bool) -> _RunLog:
     return run_log
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: Prefect marks the run crashed, the temporary server stops."""
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+
+    def terminated(signum, frame):
+        raise Terminated
+
+    # Prefect's engine swaps in its own handler during a flow, and calls this one after marking
+    # the run: without it, the default action kills gdl and orphans the temporary server.
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def _shown(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -157,6 +172,7 @@ def cmd_run(args) -> None:
     root = project_root()
     profile = args.profile or _profile_default()
     run_log = _run_logging(args.verbose)
+    _stop_on_sigterm()
     try:
         _run_flow(args, root, profile, overrides, nightly_flow, technique_flow)
     except GdlError as exc:
@@ -359,9 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     except GdlError as exc:
         print(f"gdl: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gdl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"gdl: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     return 0
 
 
