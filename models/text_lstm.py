@@ -501,6 +501,7 @@ register(
         sample=sample,
         report=report,
         headline=("val_bits_per_char", "val_loss", "train_loss"),
+        plots={"loss": ("loss", "val_loss")},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
         module=__name__,
