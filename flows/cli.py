@@ -76,6 +76,20 @@ def _environment(root: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def _temporary_server_database() -> None:
+    """Without PREFECT_API_URL, `gdl run` starts a temporary server: it gets a database of its
+    own. The project's (.prefect/prefect.db) belongs to `gdl stack up`, whose automations and
+    locks a temporary server must not share. Results and caches (PREFECT_LOCAL_STORAGE_PATH)
+    stay shared, so a run on either server reuses the other's steps."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    temporary = Path(os.environ["PREFECT_HOME"]) / "temporary"
+    temporary.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault(
+        "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{temporary / 'prefect.db'}"
+    )
+
+
 class _WithoutTraceback(logging.Formatter):
     """A console formatter that leaves tracebacks out (they go to the run's log file, the
     Prefect UI and, with --verbose, the console): a failed step reads as its one-line error."""
@@ -167,6 +181,7 @@ def cmd_run(args) -> None:
         check_all(args.profile, overrides)
     else:
         resolve_params(args.technique, args.profile, overrides)
+    _temporary_server_database()  # before Prefect reads its settings
     from flows.pipeline import nightly_flow, technique_flow
 
     root = project_root()

@@ -1,5 +1,6 @@
 """`gdl run` on its temporary Prefect server, stopped by Ctrl-C or SIGTERM mid-training (issue 7
-item 10): it stops within seconds, in a few lines, and takes its server down with it."""
+item 10): it stops within seconds, in a few lines, and takes its server down with it. The
+temporary server keeps its database apart from the stack's (item 11)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def _run_and_stop(root: Path, sig: int, outcome: dict) -> None:
         stderr="".join(lines),
         children=children,
         left=[pid for pid in children if _alive(pid)],
+        databases=sorted(p.relative_to(root).as_posix() for p in (root / ".prefect").rglob("*.db")),
     )
 
 
@@ -83,3 +85,6 @@ def test_ctrl_c_and_sigterm_stop_a_run_and_its_temporary_server_within_seconds(t
         assert f"gdl: {word}" in got["stderr"] and "Traceback" not in got["stderr"]
         assert got["seconds"] < 30, got["stderr"][-2000:]
         assert got["children"] and got["left"] == []  # the temporary server went with it
+        # Issue 7 item 11: the temporary server's database is its own, never the one of the
+        # project's stack (.prefect/prefect.db), whose automations it used to evaluate.
+        assert got["databases"] == [".prefect/temporary/prefect.db"]
