@@ -228,17 +228,27 @@ def _layers():
 
     @keras.saving.register_keras_serializable(package="gdl")
     class Sampling(keras.layers.Layer):
-        """The reparameterisation trick: z = mean + exp(log_var / 2) * epsilon. Its seed
-        generator's state is a variable, so a resumed run draws what an uninterrupted one would."""
+        """The reparameterisation trick: z = mean + exp(log_var / 2) * epsilon. Epsilon is drawn
+        statelessly from (seed, draws so far), and the draw counter is a weight: it is saved with
+        every checkpoint, so a resumed run draws exactly what an uninterrupted one would (a Keras
+        SeedGenerator's state is not saved with the model)."""
 
         def __init__(self, seed: int | None = None, **kwargs):
             super().__init__(**kwargs)
             self.seed = seed
-            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def build(self, input_shape):
+            self.draws = self.add_weight(
+                shape=(), dtype="int64", initializer="zeros", trainable=False, name="draws"
+            )
 
         def call(self, inputs):
+            import tensorflow as tf
+
             z_mean, z_log_var = inputs
-            epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+            self.draws.assign_add(1)
+            seed = tf.stack([tf.constant(self.seed or 0, tf.int64), tf.cast(self.draws, tf.int64)])
+            epsilon = tf.random.stateless_normal(tf.shape(z_mean), seed=seed, dtype=z_mean.dtype)
             return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 
         def get_config(self):

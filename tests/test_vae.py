@@ -127,3 +127,38 @@ def test_digits_of_the_wrong_shape_fail_before_training(project):
     with pytest.raises(GdlError, match=r"28x28x1 digits .*shape \(32, 32, 1\)"):
         run_steps("vae", source=str(source))
     assert not list((project / "data").glob("checkpoints/vae/*/model.keras"))
+
+
+@pytest.mark.slow
+def test_a_resumed_vae_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
+    """The optimizer state and the latent draws (the sampling layer's counter) are in every
+    checkpoint: stopping after one epoch and resuming gives the same weights as no stop."""
+    from models.training import FINAL, fit_resumable
+    from models.vae import _batches, load_vae
+
+    x = (np.random.default_rng(0).random((48, 28, 28, 1)) > 0.7).astype(np.float32)
+    p = VAEParams(variant="dense", hidden_units=16, seed=1)
+
+    def fit(folder, epochs):
+        return fit_resumable(
+            ckpt_dir=folder,
+            fingerprint="same",
+            epochs=epochs,
+            build_model=lambda: build_vae(p, (28, 28, 1)),
+            train_data=lambda epoch: _batches(x, 16, shuffle_seed=epoch),
+            val_data=None,
+            samples_per_epoch=len(x),
+            progress=lambda *args: None,
+            log=lambda message: None,
+        )
+
+    whole = fit(tmp_path / "whole", 2)
+    fit(tmp_path / "resumed", 1)
+    resumed = fit(tmp_path / "resumed", 2)
+    assert resumed["resumed_from"] == 1 and resumed["history"]["loss"] == whole["history"]["loss"]
+    for a, b in zip(
+        load_vae(tmp_path / "whole" / FINAL).weights,
+        load_vae(tmp_path / "resumed" / FINAL).weights,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
