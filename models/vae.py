@@ -698,7 +698,7 @@ def report(p: VAEParams, dirs: Mapping[str, Path]) -> Report:
                 y="nats per image",
             ),
             Grid(
-                "Held-out digits (left) and their reconstructions through the latent mean (right)",
+                "Held-out digits, each followed by its reconstruction through the latent mean",
                 "reconstructions.png",
                 list(pairs),
                 cols=8,
