@@ -32,6 +32,7 @@ from models.translation import (
     adam,
     build_patchgan,
     build_unet_generator,
+    enlarged,
     frames_section,
     load_domains,
     load_meta,
@@ -68,10 +69,11 @@ class Pix2PixParams(TranslationParams):
 
 
 DEMO = {
-    # Offline and CPU-sized: 32px tiles of the bundled photos and their edge maps, drawn from the edges.
+    # Offline and CPU-sized: 32px tiles of the bundled photos, translated to their edge maps (the
+    # other way, edges to photo, needs far more than a CPU minute to get past colour blotches).
     "dataset": "photos",
     "data_source": "offline",
-    "direction": "b_to_a",
+    "direction": "a_to_b",
     "image_size": 32,
     "photo_side": 128,
     "gf": 16,
@@ -136,7 +138,7 @@ def make_train_step(gan: Pix2Pix, p: Pix2PixParams):
             tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), label), logits=logits)
         )
 
-    @tf.function(jit_compile=p.jit_compile)
+    @tf.function(jit_compile=p.jit_compile, autograph=False)  # no tensor-dependent Python control flow
     def train_step(source, target):
         with tf.GradientTape(persistent=True) as tape:
             fake = g(source, training=True)
@@ -193,7 +195,7 @@ def train(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
         (ctx.out / FRAMES).mkdir(exist_ok=True)
         save_png(
             ctx.out / FRAMES / f"step-{i + 1:06d}.png",
-            strip([source[0], translate(source[:1])[0], target[0]]),
+            strip([enlarged(im) for im in (source[0], translate(source[:1])[0], target[0])]),
         )
 
     t0 = time.perf_counter()
@@ -247,7 +249,7 @@ def sample(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
             n = min(p.samples, len(source))
             for i in range(n):
                 files.append(f"translation-{i + 1:02d}.png")
-                save_png(ctx.out / files[-1], strip([source[i], fake[i], target[i]]))
+                save_png(ctx.out / files[-1], strip([enlarged(im) for im in (source[i], fake[i], target[i])]))
             np.save(ctx.out / "shown.npy", fake[:n], allow_pickle=False)
     write_json_atomic(ctx.out / SCORES, {"paired": True, "scores": found})
     return {"files": files, "held_out": len(source)}

@@ -81,7 +81,11 @@ class TranslationParams(TechniqueParams):
         "prefix of your own (trainA/trainB/testA/testB folders, or side-by-side A|B pairs).",
     )
     image_size: int = param(
-        256, "vectorize", "Side the images are resized to (Vasilev and pix2pix: 256).", ge=16, multiple_of=16
+        256,
+        "vectorize",
+        "Side the images are resized to (Vasilev and pix2pix: 256); at 16 the innermost blocks are 1x1.",
+        ge=32,
+        multiple_of=16,
     )
     max_images: int = param(0, "vectorize", "Images per domain and split at most (0: all of them).", ge=0)
     max_pixels: int = param(
@@ -218,7 +222,7 @@ def _split(rel: str) -> str:
 
 
 def folder_domains(
-    root: Path, p: TranslationParams, paired: bool
+    root: Path, p: TranslationParams, paired: bool, origin: str = ""
 ) -> tuple[dict[str, np.ndarray], list[str], bool]:
     """A dataset folder as domains: (splits, source files, whether the test split is paired).
 
@@ -226,6 +230,8 @@ def folder_domains(
     none, side-by-side images A|B (pix2pix's layout; those under a `test` folder held out, or a
     `held_out` fraction of them when there is no such folder)."""
     from models.datasets import image_files
+
+    origin = origin or root.name
 
     def limited(files: list[Path]) -> list[Path]:
         return files[: p.max_images] if p.max_images else files
@@ -241,7 +247,7 @@ def folder_domains(
         ):
             files = limited(image_files(folders[folder])) if folder in folders else []
             if not files and split.startswith("train"):
-                raise GdlError(f"domain folder {folder} of {root.name} holds no images")
+                raise GdlError(f"domain folder {folder} of {origin} holds no images")
             splits[split] = _load_domain(files, root, f"domain {folder}", p)
             names += [f.relative_to(root).as_posix() for f in files]
         pairs_ok = len(splits["test_a"]) == len(splits["test_b"]) > 0
@@ -249,17 +255,17 @@ def folder_domains(
             a, b = splits[f"{split}_a"], splits[f"{split}_b"]
             if paired and len(a) != len(b):
                 raise GdlError(
-                    f"mismatched pair counts in {root.name}: {split}A holds {len(a)} images, "
+                    f"mismatched pair counts in {origin}: {split}A holds {len(a)} images, "
                     f"{split}B {len(b)}; paired translation needs one B for every A"
                 )
         if not splits["test_a"] or not splits["test_b"]:
-            raise GdlError(f"{root.name} has no held-out images: add testA and testB folders")
+            raise GdlError(f"{origin} has no held-out images: add testA and testB folders")
         arrays = {k: _square(v, p.image_size) for k, v in splits.items()}
         return arrays, names, paired or (pairs_ok and _same_names(folders))
 
     files = image_files(root)
     if not files:
-        raise GdlError(f"{root.name} holds no images (neither domain folders trainA/trainB nor A|B pairs)")
+        raise GdlError(f"{origin} holds no images (neither domain folders trainA/trainB nor A|B pairs)")
     rels = [f.relative_to(root).as_posix() for f in files]
     test = [f for f, rel in zip(files, rels, strict=True) if _split(rel) == "test"]
     train = [f for f, rel in zip(files, rels, strict=True) if _split(rel) == "train"]
@@ -268,7 +274,7 @@ def folder_domains(
         n_test = max(1, round(p.held_out * len(files)))
         test, train = [files[i] for i in sorted(order[:n_test])], [files[i] for i in sorted(order[n_test:])]
     if not train:
-        raise GdlError(f"{root.name}: every pair is held out; nothing is left to train on")
+        raise GdlError(f"{origin}: every pair is held out; nothing is left to train on")
     arrays = {}
     for split, chosen in (("train", limited(train)), ("test", limited(test))):
         pairs = _load_domain(chosen, root, "pairs", p)
@@ -301,7 +307,10 @@ def vectorize_domains(p: TranslationParams, ctx: StepContext, paired: bool) -> d
         arrays, files = photo_domains(folder, p)
         test_paired = True
     else:
-        arrays, files, test_paired = folder_domains(folder, p, paired)
+        from models.datasets import redact
+
+        source = p.dataset if p.data_source in ("remote", "offline") else redact(p.data_source)
+        arrays, files, test_paired = folder_domains(folder, p, paired, origin=source)
     if not paired:
         arrays["train_b"] = arrays["train_b"][
             np.random.default_rng([p.seed, 1]).permutation(len(arrays["train_b"]))
@@ -437,6 +446,7 @@ def translator(generator, batch: int = 16) -> Callable[[np.ndarray], np.ndarray]
     forward = tf.function(
         lambda x: generator(x, training=False),
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
+        autograph=False,
     )
 
     def translate(images: np.ndarray) -> np.ndarray:
@@ -496,11 +506,20 @@ def score_rows(found: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[d
 # Report pieces
 
 
+DISPLAY_SIDE = 96  # images smaller than this are enlarged (nearest neighbour) in the report
+
+
+def enlarged(image: np.ndarray) -> np.ndarray:
+    """A small image blown up by a whole factor (pixels kept sharp), so a 32px tile is visible."""
+    factor = max(1, -(-DISPLAY_SIDE // max(image.shape[:2])))
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
 def triplets(
     caption: str, file: str, rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], labels: Sequence[str]
 ) -> Grid:
     """One row per image: (input, translation, third: its truth or its reconstruction)."""
-    images = [im for row in rows for im in row]
+    images = [enlarged(im) for row in rows for im in row]
     return Grid(caption, file, images, [label for _ in rows for label in labels], cols=3)
 
 
