@@ -213,11 +213,14 @@ def make_train_step(gan: CycleGAN, p: CycleGANParams):
     @tf.function(jit_compile=p.jit_compile, autograph=False)  # no tensor-dependent Python control flow
     def train_step(real_a, real_b, step):
         seed = tf.stack([tf.constant(p.seed, tf.int64), tf.cast(step, tf.int64)])
+        n = tf.shape(real_a)[0]
         with tf.GradientTape() as tape:
-            fake_b = g_ab(real_a, training=True)
-            fake_a = g_ba(real_b, training=True)
+            # Each network runs once per stage on the images it sees stacked into one batch
+            # (instance normalisation is per image, so stacking changes nothing but the speed).
+            fake_b, same_b = tf.split(g_ab(tf.concat([real_a, real_b], 0), training=True), 2)
+            fake_a, same_a = tf.split(g_ba(tf.concat([real_b, real_a], 0), training=True), 2)
             cycle = mae(g_ba(fake_b, training=True), real_a) + mae(g_ab(fake_a, training=True), real_b)
-            identity = mae(g_ba(real_a, training=True), real_a) + mae(g_ab(real_b, training=True), real_b)
+            identity = mae(same_a, real_a) + mae(same_b, real_b)
             adversarial = mse(d_b(fake_b, training=True), 1.0) + mse(d_a(fake_a, training=True), 1.0)
             g_loss = adversarial + p.lambda_cycle * cycle + p.lambda_id * identity
         g_grads = tape.gradient(g_loss, gan.g_vars)
@@ -226,8 +229,10 @@ def make_train_step(gan: CycleGAN, p: CycleGANParams):
         past_a = gan.pool_a.query(fake_a, seed)
         past_b = gan.pool_b.query(fake_b, seed + tf.constant([0, 1 << 40], tf.int64))
         with tf.GradientTape() as tape:
-            d_a_loss = 0.5 * (mse(d_a(real_a, training=True), 1.0) + mse(d_a(past_a, training=True), 0.0))
-            d_b_loss = 0.5 * (mse(d_b(real_b, training=True), 1.0) + mse(d_b(past_b, training=True), 0.0))
+            real_a_score, past_a_score = tf.split(d_a(tf.concat([real_a, past_a], 0), training=True), [n, n])
+            real_b_score, past_b_score = tf.split(d_b(tf.concat([real_b, past_b], 0), training=True), [n, n])
+            d_a_loss = 0.5 * (mse(real_a_score, 1.0) + mse(past_a_score, 0.0))
+            d_b_loss = 0.5 * (mse(real_b_score, 1.0) + mse(past_b_score, 0.0))
             d_loss = d_a_loss + d_b_loss
         d_grads = tape.gradient(d_loss, gan.d_vars)
         gan.g_opt.apply_gradients(zip(g_grads, gan.g_vars, strict=True))

@@ -142,8 +142,10 @@ def make_train_step(gan: Pix2Pix, p: Pix2PixParams):
     def train_step(source, target):
         with tf.GradientTape(persistent=True) as tape:
             fake = g(source, training=True)
-            real_logits = d(tf.concat([source, target], -1), training=True)
-            fake_logits = d(tf.concat([source, fake], -1), training=True)
+            # Real and generated pairs through the discriminator as one batch (instance
+            # normalisation is per image: only the speed changes).
+            pairs = tf.concat([tf.concat([source, target], -1), tf.concat([source, fake], -1)], 0)
+            real_logits, fake_logits = tf.split(d(pairs, training=True), 2)
             adversarial = bce(fake_logits, 1.0)
             l1 = tf.reduce_mean(tf.abs(target - fake))
             g_loss = adversarial + p.lambda_l1 * l1
