@@ -58,7 +58,6 @@ def _assign(gan, state: dict[str, np.ndarray]) -> None:
             v.assign(state[f"{k}/{i}"])
 
 
-@pytest.mark.slow
 def test_a_killed_training_run_resumes_to_the_same_weights_optimizer_state_and_pool(tmp_path, monkeypatch):
     """The compiled step is traced once (seconds on a CPU): between runs the networks go back
     to where a new process would build them, so anything the checkpoint missed (the pools, an

@@ -68,7 +68,6 @@ def trained(tmp_path_factory):
     return t, p, dirs, summary
 
 
-@pytest.mark.slow
 def test_training_translates_held_out_tiles_closer_to_the_truth_than_the_untrained_generator(trained):
     _, p, dirs, summary = trained
     found = json.loads((dirs["sample"] / "scores.json").read_text())["scores"]["a_to_b"]
@@ -81,7 +80,6 @@ def test_training_translates_held_out_tiles_closer_to_the_truth_than_the_untrain
     )
 
 
-@pytest.mark.slow
 def test_the_report_shows_input_translation_truth_and_both_generators_scores(trained):
     t, p, dirs, _ = trained
     report = t.report(p, dirs)
