@@ -61,7 +61,7 @@ Dataset = Literal["facades", "horse2zebra", "photos"]
 DOMAIN_NAMES = {
     "facades": ("facade photos", "facade label maps"),
     "horse2zebra": ("horses", "zebras"),
-    "photos": ("photo tiles", "their edge maps"),
+    "photos": ("tiles of the bundled photos", "the same tiles' Sobel edge maps (dark lines on white)"),
 }
 
 
@@ -87,7 +87,9 @@ class TranslationParams(TechniqueParams):
         ge=32,
         multiple_of=16,
     )
-    max_images: int = param(0, "vectorize", "Images per domain and split at most (0: all of them).", ge=0)
+    max_images: int = param(
+        0, "vectorize", "Images per domain and split at most, for dataset folders (0: all of them).", ge=0
+    )
     max_pixels: int = param(
         50_000_000, "vectorize", "Refuse images with more pixels than this (checked before decoding).", ge=4
     )
