@@ -323,55 +323,39 @@ def train(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
     return {k: v for k, v in final.items() if v is not None}
 
 
-def _generators(p: CycleGANParams, train_dir: Path | None):
-    """The generators training ended with, or (train_dir None) the ones it started from."""
-    gan = CycleGAN(p)  # the same seed: the same starting weights
-    if train_dir is not None:
-        for name, file in WEIGHTS.items():
-            getattr(gan, name).load_weights(train_dir / file)
-    return {"g_ab": gan.g_ab, "g_ba": gan.g_ba}
-
-
 def sample(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
     """Translate the held-out images both ways and back; score translations against the truth
     where the held-out images are pairs, and the cycle's reconstructions always; the untrained
-    generators scored the same way for comparison."""
+    generators (the same seed: the weights training started from) scored the same way."""
     from models.images import save_png, strip
 
     domains = load_domains(ctx.upstream["vectorize"])
     paired = load_meta(ctx.upstream["vectorize"])["test_paired"]
     test_a, test_b = domains["test_a"], domains["test_b"]
+    gan = CycleGAN(p)
+    to_b, to_a = translator(gan.g_ab), translator(gan.g_ba)
     found: dict[str, dict[str, dict[str, float]]] = {}
-    for model, train_dir in (("trained", ctx.upstream["train"]), ("untrained", None)):
-        nets = _generators(p, train_dir)
-        to_b, to_a = translator(nets["g_ab"]), translator(nets["g_ba"])
+    for model in ("untrained", "trained"):
+        if model == "trained":
+            for name, file in WEIGHTS.items():
+                getattr(gan, name).load_weights(ctx.upstream["train"] / file)
         fake_b, fake_a = to_b(test_a), to_a(test_b)
         rec_a, rec_b = to_a(fake_b), to_b(fake_a)
+        pairs = {"a_to_b_to_a": (rec_a, test_a), "b_to_a_to_b": (rec_b, test_b)}
         if paired:
-            found.setdefault("a_to_b", {})[model] = scores(fake_b, test_b)
-            found.setdefault("b_to_a", {})[model] = scores(fake_a, test_a)
-        found.setdefault("a_to_b_to_a", {})[model] = scores(rec_a, test_a)
-        found.setdefault("b_to_a_to_b", {})[model] = scores(rec_b, test_b)
-        if model == "trained":
-            files_out = []
-            n = min(p.samples, len(test_a), len(test_b))
-            for i in range(n):
-                name = f"translation-{i + 1:02d}.png"
-                save_png(
-                    ctx.out / name,
-                    strip(
-                        [
-                            enlarged(im)
-                            for im in (test_a[i], fake_b[i], rec_a[i], test_b[i], fake_a[i], rec_b[i])
-                        ]
-                    ),
-                )
-                files_out.append(name)
-            np.savez(
-                ctx.out / "shown.npz", fake_b=fake_b[:n], rec_a=rec_a[:n], fake_a=fake_a[:n], rec_b=rec_b[:n]
-            )
-    write_json_atomic(ctx.out / SCORES, {"paired": paired, "scores": found})
-    return {"files": files_out, "held_out": [len(test_a), len(test_b)]}
+            pairs = {"a_to_b": (fake_b, test_b), "b_to_a": (fake_a, test_a), **pairs}
+        for direction, (made, truth) in pairs.items():
+            found.setdefault(direction, {})[model] = scores(made, truth)
+    files = []
+    n = min(p.samples, len(test_a), len(test_b))
+    for i in range(n):
+        files.append(f"translation-{i + 1:02d}.png")
+        row = (test_a[i], fake_b[i], rec_a[i], test_b[i], fake_a[i], rec_b[i])
+        save_png(ctx.out / files[-1], strip([enlarged(im) for im in row]))
+    np.savez(ctx.out / "shown.npz", fake_b=fake_b[:n], rec_a=rec_a[:n], fake_a=fake_a[:n], rec_b=rec_b[:n])
+    trained_first = {d: {m: by_model[m] for m in ("trained", "untrained")} for d, by_model in found.items()}
+    write_json_atomic(ctx.out / SCORES, {"paired": paired, "scores": trained_first})
+    return {"files": files, "held_out": [len(test_a), len(test_b)]}
 
 
 def report(p: CycleGANParams, dirs: Mapping[str, Path]) -> Report:

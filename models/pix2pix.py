@@ -239,20 +239,18 @@ def sample(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
 
     domains = load_domains(ctx.upstream["vectorize"])
     source, target = source_target(domains, p.direction, "test")
-    found: dict[str, dict[str, dict[str, float]]] = {}
+    gan = Pix2Pix(p)  # the same seed: the weights training started from
+    translate = translator(gan.generator)
+    untrained = scores(translate(source), target)
+    gan.generator.load_weights(ctx.upstream["train"] / WEIGHTS)
+    fake = translate(source)
+    found = {p.direction: {"trained": scores(fake, target), "untrained": untrained}}
     files = []
-    for model in ("trained", "untrained"):
-        generator = Pix2Pix(p).generator  # the same seed: the weights training started from
-        if model == "trained":
-            generator.load_weights(ctx.upstream["train"] / WEIGHTS)
-        fake = translator(generator)(source)
-        found.setdefault(p.direction, {})[model] = scores(fake, target)
-        if model == "trained":
-            n = min(p.samples, len(source))
-            for i in range(n):
-                files.append(f"translation-{i + 1:02d}.png")
-                save_png(ctx.out / files[-1], strip([enlarged(im) for im in (source[i], fake[i], target[i])]))
-            np.save(ctx.out / "shown.npy", fake[:n], allow_pickle=False)
+    n = min(p.samples, len(source))
+    for i in range(n):
+        files.append(f"translation-{i + 1:02d}.png")
+        save_png(ctx.out / files[-1], strip([enlarged(im) for im in (source[i], fake[i], target[i])]))
+    np.save(ctx.out / "shown.npy", fake[:n], allow_pickle=False)
     write_json_atomic(ctx.out / SCORES, {"paired": True, "scores": found})
     return {"files": files, "held_out": len(source)}
 
