@@ -240,7 +240,7 @@ def folder_domains(
 
     folders = _domain_folders(root)
     if folders is not None:
-        splits, names = {}, []
+        splits, names, stems = {}, [], {}
         for split, folder in (
             ("train_a", "trainA"),
             ("train_b", "trainB"),
@@ -252,7 +252,7 @@ def folder_domains(
                 raise GdlError(f"domain folder {folder} of {origin} holds no images")
             splits[split] = _load_domain(files, root, f"domain {folder}", p)
             names += [f.relative_to(root).as_posix() for f in files]
-        pairs_ok = len(splits["test_a"]) == len(splits["test_b"]) > 0
+            stems[folder] = [f.stem for f in files]
         for split in ("train", "test"):
             a, b = splits[f"{split}_a"], splits[f"{split}_b"]
             if paired and len(a) != len(b):
@@ -263,7 +263,8 @@ def folder_domains(
         if not splits["test_a"] or not splits["test_b"]:
             raise GdlError(f"{origin} has no held-out images: add testA and testB folders")
         arrays = {k: _square(v, p.image_size) for k, v in splits.items()}
-        return arrays, names, paired or (pairs_ok and _same_names(folders))
+        # Test images of the same names in testA and testB are pairs (pix2pix's A/B folder layout).
+        return arrays, names, paired or stems["testA"] == stems["testB"]
 
     files = image_files(root)
     if not files:
@@ -289,16 +290,6 @@ def folder_domains(
         arrays[f"{split}_a"] = _square([im[:, :h] for im in pairs], p.image_size)
         arrays[f"{split}_b"] = _square([im[:, h:] for im in pairs], p.image_size)
     return arrays, [f.relative_to(root).as_posix() for f in limited(train) + limited(test)], True
-
-
-def _same_names(folders: Mapping[str, Path]) -> bool:
-    """Test domains whose files carry the same names are pairs (pix2pix's A/B folder layout)."""
-    if "testA" not in folders or "testB" not in folders:
-        return False
-    from models.datasets import image_files
-
-    names = [[f.stem for f in image_files(folders[k])] for k in ("testA", "testB")]
-    return names[0] == names[1]
 
 
 def vectorize_domains(p: TranslationParams, ctx: StepContext, paired: bool) -> dict[str, Any]:
