@@ -210,3 +210,35 @@ def test_scores_rank_a_closer_translation_higher():
     assert same["l1"] == 0 and same["ssim"] == pytest.approx(1.0) and same["psnr"] == 100.0
     close, far = scores(noisy[None], truth[None]), scores(_image(32, 32, 9)[None], truth[None])
     assert close["l1"] < far["l1"] and close["psnr"] > far["psnr"] and close["ssim"] > far["ssim"]
+
+
+def test_a_facades_like_archive_is_extracted_safely_and_split_into_paired_domains(project):
+    """pix2pix's release layout (facades/{train,val,test}/N.jpg, photo left, labels right) through
+    the real download (safe extraction) and vectorize steps."""
+    import io
+    import tarfile
+
+    from flows.config import resolve_params
+    from tasks import download, vectorize
+
+    archive = project / "facades.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split, n in (("train", 3), ("val", 1), ("test", 2)):
+            for i in range(n):
+                data = png_bytes(
+                    np.concatenate([_image(40, 40, i), np.full((40, 40, 3), 7, np.uint8)], axis=1)
+                )
+                info = tarfile.TarInfo(f"facades/{split}/{i + 1}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    params = resolve_params(
+        "pix2pix", None, {"pix2pix.dataset": "facades", "pix2pix.data_source": str(archive)}
+    )
+    raw = download.run("pix2pix", params, {})
+    processed = vectorize.run("pix2pix", params, {"download": raw})
+    out = project / processed["dir"]
+    domains, meta = load_domains(out), load_meta(out)
+    assert meta["counts"] == {"train_a": 4, "train_b": 4, "test_a": 2, "test_b": 2}
+    assert meta["domains"] == ["domain A", "domain B"] and meta["test_paired"]
+    assert (domains["train_b"] == 7).all() and not (domains["train_a"] == 7).all()
+    assert meta["files"][-1] == "facades/test/2.png"
