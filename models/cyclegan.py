@@ -53,6 +53,8 @@ from models.translation import (
 )
 
 WEIGHTS = {name: f"{name}.weights.h5" for name in ("g_ab", "g_ba")}
+# The held-out translations shown in the report, as PNG samples (lossless: the report reads them back).
+SHOWN = {kind: kind + "-{:02d}.png" for kind in ("a_to_b", "a_to_b_to_a", "b_to_a", "b_to_a_to_b")}
 
 
 class CycleGANParams(TranslationParams):
@@ -327,7 +329,7 @@ def sample(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
     """Translate the held-out images both ways and back; score translations against the truth
     where the held-out images are pairs, and the cycle's reconstructions always; the untrained
     generators (the same seed: the weights training started from) scored the same way."""
-    from models.images import save_png, strip
+    from models.images import save_png
 
     domains = load_domains(ctx.upstream["vectorize"])
     paired = load_meta(ctx.upstream["vectorize"])["test_paired"]
@@ -348,27 +350,32 @@ def sample(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
             found.setdefault(direction, {})[model] = scores(made, truth)
     files = []
     n = min(p.samples, len(test_a), len(test_b))
-    for i in range(n):
-        files.append(f"translation-{i + 1:02d}.png")
-        row = (test_a[i], fake_b[i], rec_a[i], test_b[i], fake_a[i], rec_b[i])
-        save_png(ctx.out / files[-1], strip([enlarged(im) for im in row]))
-    np.savez(ctx.out / "shown.npz", fake_b=fake_b[:n], rec_a=rec_a[:n], fake_a=fake_a[:n], rec_b=rec_b[:n])
+    for kind, images in SHOWN.items():
+        made = {"a_to_b": fake_b, "a_to_b_to_a": rec_a, "b_to_a": fake_a, "b_to_a_to_b": rec_b}[kind]
+        for i in range(n):
+            files.append(images.format(i + 1))
+            save_png(ctx.out / files[-1], made[i])
     trained_first = {d: {m: by_model[m] for m in ("trained", "untrained")} for d, by_model in found.items()}
     write_json_atomic(ctx.out / SCORES, {"paired": paired, "scores": trained_first})
     return {"files": files, "held_out": [len(test_a), len(test_b)]}
 
 
 def report(p: CycleGANParams, dirs: Mapping[str, Path]) -> Report:
+    from models.images import load_image
+
     saved = json.loads((dirs["train"] / HISTORY).read_text())
     final, history = saved["final"], saved["history"]
     found = json.loads((dirs["sample"] / SCORES).read_text())
     meta = load_meta(dirs["vectorize"])
     domains = load_domains(dirs["vectorize"])
     name_a, name_b = meta["domains"]
-    with np.load(dirs["sample"] / "shown.npz", allow_pickle=False) as shown:
-        n = len(shown["fake_b"])
-        aba = [(domains["test_a"][i], shown["fake_b"][i], shown["rec_a"][i]) for i in range(n)]
-        bab = [(domains["test_b"][i], shown["fake_a"][i], shown["rec_b"][i]) for i in range(n)]
+    n = len(list(dirs["sample"].glob("a_to_b-*.png")))
+    shown = {
+        kind: [load_image(dirs["sample"] / name.format(i + 1)) for i in range(n)]
+        for kind, name in SHOWN.items()
+    }
+    aba = [(domains["test_a"][i], shown["a_to_b"][i], shown["a_to_b_to_a"][i]) for i in range(n)]
+    bab = [(domains["test_b"][i], shown["b_to_a"][i], shown["b_to_a_to_b"][i]) for i in range(n)]
     metrics: dict[str, Any] = {k: v for k, v in final.items() if v is not None}
     metrics.update(score_metrics(found["scores"]))
     counts = meta["counts"]

@@ -235,7 +235,7 @@ def train(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
 
 def sample(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
     """Translate every held-out source; score against the true targets, trained and untrained."""
-    from models.images import save_png, strip
+    from models.images import save_png
 
     domains = load_domains(ctx.upstream["vectorize"])
     source, target = source_target(domains, p.direction, "test")
@@ -247,21 +247,22 @@ def sample(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
     found = {p.direction: {"trained": scores(fake, target), "untrained": untrained}}
     files = []
     n = min(p.samples, len(source))
-    for i in range(n):
-        files.append(f"translation-{i + 1:02d}.png")
-        save_png(ctx.out / files[-1], strip([enlarged(im) for im in (source[i], fake[i], target[i])]))
-    np.save(ctx.out / "shown.npy", fake[:n], allow_pickle=False)
+    for i in range(n):  # lossless PNGs: the report reads them back
+        files.append(f"translated-{i + 1:02d}.png")
+        save_png(ctx.out / files[-1], fake[i])
     write_json_atomic(ctx.out / SCORES, {"paired": True, "scores": found})
     return {"files": files, "held_out": len(source)}
 
 
 def report(p: Pix2PixParams, dirs: Mapping[str, Path]) -> Report:
+    from models.images import load_image
+
     saved = json.loads((dirs["train"] / HISTORY).read_text())
     final, history = saved["final"], saved["history"]
     found = json.loads((dirs["sample"] / SCORES).read_text())["scores"]
     meta = load_meta(dirs["vectorize"])
     source, target = source_target(load_domains(dirs["vectorize"]), p.direction, "test")
-    shown = np.load(dirs["sample"] / "shown.npy")
+    shown = [load_image(f) for f in sorted(dirs["sample"].glob("translated-*.png"))]
     name_a, name_b = meta["domains"]
     name_in, name_out = (name_a, name_b) if p.direction == "a_to_b" else (name_b, name_a)
     counts = meta["counts"]
