@@ -53,3 +53,11 @@ def test_style_transfer_benchmark_prints_its_ratios_as_json():
     )
     for key in ("fused_vs_separate", "fused_vs_book", "fast_vs_optimisation"):
         assert report[key] > 0
+
+
+def test_translation_step_benchmark_prints_its_ratios_as_json():
+    report = bench(
+        "translation_step.py", *("--size", "32", "--gf", "4", "--df", "4", "--batch", "1", "--steps", "2")
+    )
+    for key in ("cyclegan_compiled_vs_book", "pix2pix_compiled_vs_book"):
+        assert report[key] > 0

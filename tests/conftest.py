@@ -37,6 +37,8 @@ LONGEST_FIRST = (
     "test_flow_e2e.py",
     "test_techniques.py",
     "test_fast_style_transfer.py",
+    "test_cyclegan.py",
+    "test_pix2pix.py",
     "test_style_transfer.py",
     "test_adversarial.py",
     "test_deepdream.py",
