@@ -207,3 +207,37 @@ def test_step_outputs_runs_and_published_copies_have_a_new_folders_permissions(p
     wrong = {str(p.relative_to(project)): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders}
     wrong = {k: v for k, v in wrong.items() if v != oct(expected)}
     assert not wrong, f"staging folders keep mkdtemp's 0700: {wrong}"
+
+
+def test_temperatures_that_print_alike_keep_a_sample_and_an_artifact_each(project, steps):
+    """Issue 7 item 5: 0.5 and 0.5000000001 are two temperatures: two samples, two sections,
+    two artifacts (they used to share a name and one silently replaced the other)."""
+    from models.report import Text, artifact_plan
+
+    close = run_steps(temperatures=[0.5, 0.5000000001])
+    result = publish.run("text_lstm", close["params"], close["upstream"])
+    run = project / result["run_dir"]
+    assert len(list((run / "samples").glob("temperature_*.txt"))) == 2
+    built = publish.assemble("text_lstm", close["params"], close["upstream"], run)
+    texts = [s for s in built["report"].sections if isinstance(s, Text)]
+    assert len(texts) == 2 and texts[0].caption != texts[1].caption
+    keys = [item["key"] for item in artifact_plan(built["report"], built["provenance"], built["files"], "x")]
+    assert len(keys) == len(set(keys)) and sum("temperature" in k for k in keys) == 2
+
+
+def test_credentials_in_a_source_url_are_written_nowhere(project, http_server, caplog):
+    """Issue 7 item 1: a source with user:password@ and a presigned query downloads, and neither
+    reaches the run directory, the published copy, the step outputs or the logs."""
+    url, _ = http_server
+    host = url.removeprefix("http://")
+    secret = f"http://user:s3cret@{host}/auth?X-Amz-Signature=sig0123"
+    with caplog.at_level("INFO"):
+        done = run_steps(source=secret)
+        result = publish.run("text_lstm", done["params"], done["upstream"])
+    assert (project / result["run_dir"] / "report.html").is_file()
+    written = [
+        p for p in (project / "data").rglob("*") if p.is_file() and p.suffix in (".json", ".html", ".csv")
+    ]
+    assert written
+    for text in [p.read_text(errors="replace") for p in written] + [r.getMessage() for r in caplog.records]:
+        assert "s3cret" not in text and "sig0123" not in text
