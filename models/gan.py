@@ -292,8 +292,12 @@ class GanParams(TechniqueParams):
         "Where to read the image set: remote (the book's source), offline (a packaged stand-in), "
         "or your own https://, s3:// or local path.",
     )
-    heldout: int = param(
-        1000, "vectorize", "Images held out (never trained on) for FID/KID against generated ones.", ge=1
+    heldout: float = param(
+        0.1,
+        "vectorize",
+        "Fraction of the images held out (never trained on) for FID/KID against generated ones.",
+        gt=0,
+        lt=1,
     )
     image_size: int | None = param(
         None, "vectorize", "Resize images to this square side (null: the set's own size).", ge=8
@@ -426,6 +430,7 @@ def vectorize(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         class_filter=getattr(p, "class_filter", None),
         size=p.image_size,
         limit=p.limit,
+        source=p.source,
     )
     x, y = load_set(ctx.out, "train", f"image set {p.dataset}")
     if isinstance(p, DigitsParams):

@@ -44,7 +44,7 @@ from models.report import Grid, Section, Table
 OFFLINE = {"source": "offline"}
 DIGITS_TINY = {
     "limit": 64,
-    "heldout": 32,
+    "heldout": 0.25,
     "classifier_epochs": 1,
     "steps": 3,
     "batch_size": 8,
@@ -151,7 +151,7 @@ register_gan(
             "weights_source": "offline",
             "width": 0.125,
             "limit": 2000,
-            "heldout": 300,
+            "heldout": 0.15,
             "sample_count": 300,
             "steps": 300,
             "checkpoint_every": 50,
@@ -401,7 +401,7 @@ register_gan(
             **OFFLINE,
             "weights_source": "offline",
             "image_size": 24,
-            "heldout": 20,
+            "heldout": 0.2,
             "sample_count": 200,
             "width": 0.5,
             "batch_size": 16,
@@ -409,7 +409,7 @@ register_gan(
             "checkpoint_every": 100,
             "snapshot_every": 40,
         },
-        tiny={**COLOUR_TINY, "image_size": 8, "heldout": 8, "interpolation_steps": 3},
+        tiny={**COLOUR_TINY, "image_size": 8, "interpolation_steps": 3},
         module=__name__,
     )
 )
