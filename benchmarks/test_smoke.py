@@ -53,3 +53,8 @@ def test_style_transfer_benchmark_prints_its_ratios_as_json():
     )
     for key in ("fused_vs_separate", "fused_vs_book", "fast_vs_optimisation"):
         assert report[key] > 0
+
+
+def test_gan_step_benchmark_prints_its_ratio_as_json():
+    report = bench("gan_step.py", *("--side", "8", "--width", "0.1", "--batch", "4", "--steps", "2"))
+    assert report["compiled_vs_book"] > 0 and report["book_steps_per_s"] > 0
