@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -283,7 +283,11 @@ def train_adversarial(
 
 
 class GanParams(TechniqueParams):
-    """Fields every GAN technique has; a variant's subclass sets the book's values as defaults."""
+    """Fields every GAN technique has; a variant's subclass sets the book's values as defaults,
+    its technique's NAME and SUMMARY, and its networks (`architecture`)."""
+
+    NAME: ClassVar[str] = ""
+    SUMMARY: ClassVar[str] = ""
 
     dataset: str = param("mnist", "download", "Image set in the catalog.")
     source: str = param(
@@ -367,7 +371,15 @@ class ColourParams(GanParams):
     weights_source: str = param(
         "offline",
         "download",
-        "ImageNet MobileNetV2 weights for FID/KID features: remote, offline or a file of your own.",
+        "ImageNet MobileNetV2 weights for FID/KID features: remote, offline, none (random) or a file of "
+        "your own.",
+    )
+    feature_side: int = param(
+        96,
+        "sample",
+        "Images are resized (bicubic, after 8-bit quantisation) to this side for MobileNetV2's features "
+        "(trained at 224; 96 is CPU-sized). FID/KID compare only at one side.",
+        ge=16,
     )
 
 
@@ -383,27 +395,24 @@ CLASSIFIER = "digits_classifier.keras"
 SAMPLES = "samples.png"
 
 
+ExtraSample = Callable[[Any, Any, StepContext, Any], dict[str, Any]]  # p, G, ctx, scorer -> metrics
+ExtraReport = Callable[[Any, Mapping[str, Path]], list[Section]]
+
+
 @dataclass(frozen=True)
 class GanSpec:
-    """What a variant declares: everything else is shared."""
+    """What a variant declares besides its params model (whose NAME and SUMMARY name it):
+    everything else is shared. `sample` and `report` are the variant's own top-level step
+    functions when it adds samples or sections (they call this module's), so each step's code
+    version covers the variant's code."""
 
-    name: str
-    summary: str
     params_model: type[GanParams]
     demo: Mapping[str, Any]
     tiny: Mapping[str, Any]
     headline: tuple[str, ...] = ("fid", "kid", "g_loss")
-    extra_sample: Callable[[Any, Any, StepContext, Any], dict[str, Any]] | None = None  # p, G, ctx, scorer
-    extra_report: Callable[[Any, Mapping[str, Path]], list[Section]] | None = None
+    sample: Callable[[Any, StepContext], dict[str, Any]] | None = None
+    report: Callable[[Any, Mapping[str, Path]], Report] | None = None
     module: str = ""
-
-    @property
-    def digits(self) -> bool:
-        return issubclass(self.params_model, DigitsParams)
-
-    @property
-    def conditional(self) -> bool:
-        return hasattr(self.params_model, "model_fields") and "num_classes" in self.params_model.model_fields
 
 
 def load_set(folder: Path, split: str, what: str, num_classes: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -438,45 +447,40 @@ def vectorize(p: GanParams, ctx: StepContext) -> dict[str, Any]:
 
         if y.min() < 0:
             raise GdlError(f"image set {p.dataset} has unlabelled images: the digits classifier needs labels")
+        from models.quality import save_classifier
+
         classifier = train_digits_classifier(
             (x + 1.0) / 2.0, y, epochs=p.classifier_epochs, seed=p.seed, log=ctx.log
         )
-        classifier.save(ctx.out / CLASSIFIER)
+        save_classifier(classifier, ctx.out / CLASSIFIER)
     return {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
 
 
 class Scorer:
-    """Features (and, for digits, class probabilities) of images in [0, 1], for FID/KID."""
+    """Features (and, for digits, class probabilities) of images in [0, 1], for FID/KID
+    (models/quality.py): the pipeline's own digits classifier, or ImageNet MobileNetV2."""
 
     def __init__(self, p: GanParams, dirs: Mapping[str, Path], inputs: Mapping[str, Path]):
-        self.digits = isinstance(p, DigitsParams)
-        if self.digits:
-            from models.training import load_model
-
-            self.classifier = load_model(dirs["vectorize"] / CLASSIFIER)
-            self.described = "a digits classifier trained by this pipeline on the training split"
-        else:
-            self.weights = inputs.get("weights")
-            self.described = "ImageNet MobileNetV2 pooled features" + (
-                "" if self.weights else " (random weights: weights_source is none)"
-            )
-
-    def features(self, images01: np.ndarray) -> np.ndarray:
         from models import quality
 
+        self.digits = isinstance(p, DigitsParams)
         if self.digits:
-            return quality.classifier_features(self.classifier, images01)
-        return quality.imagenet_features(images01, self.weights)
+            self.classifier = quality.load_classifier(dirs["vectorize"] / CLASSIFIER)
+            self.features = quality.digits_extractor(self.classifier)
+            self.described = "a digits classifier trained by this pipeline on the training split"
+        else:
+            self.features = quality.ImageNetFeatures(inputs.get("weights"), p.feature_side)
+            self.described = self.features.described
 
     def predict(self, images01: np.ndarray) -> np.ndarray:
         from models.quality import classifier_predict
 
         return classifier_predict(self.classifier, images01)
 
-    def quality(self, real01: np.ndarray, fake01: np.ndarray) -> dict[str, float]:
+    def quality(self, real01: np.ndarray, fake01: np.ndarray, seed: int) -> dict[str, float]:
         from models.quality import quality_metrics
 
-        return quality_metrics(real01, fake01, self.features)
+        return quality_metrics(real01, fake01, self.features, seed=seed)
 
 
 def build_networks(p: GanParams, shape: tuple[int, ...], num_classes: int = 0):
@@ -555,9 +559,10 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     return {k: v for k, v in final.items() if v is not None}
 
 
-def sample(p: GanParams, ctx: StepContext, spec: GanSpec) -> dict[str, Any]:
+def sample(p: GanParams, ctx: StepContext, extra: ExtraSample | None = None) -> dict[str, Any]:
     """Generate `sample_count` images from seeded latents and score them against the held-out
-    split (FID, KID; digits: the classifier's confidence), then the variant's own samples."""
+    split (FID, KID; digits: the classifier's confidence), then the variant's own samples
+    (`extra(p, G, ctx, scorer)`, its metrics)."""
     from models.files import write_json_atomic
     from models.images import image_grid, save_png
     from models.training import load_model
@@ -570,7 +575,7 @@ def sample(p: GanParams, ctx: StepContext, spec: GanSpec) -> dict[str, Any]:
     labels = rng.integers(0, num_classes, p.sample_count).astype(np.int32) if num_classes else None
     fake = generate(G, z, labels)
     scorer = Scorer(p, ctx.upstream, ctx.inputs)
-    metrics: dict[str, Any] = dict(scorer.quality((real + 1.0) / 2.0, (fake + 1.0) / 2.0))
+    metrics: dict[str, Any] = dict(scorer.quality((real + 1.0) / 2.0, (fake + 1.0) / 2.0, p.seed))
     if scorer.digits:
         probs = scorer.predict((fake + 1.0) / 2.0)
         confidence = probs.max(axis=1)
@@ -583,8 +588,8 @@ def sample(p: GanParams, ctx: StepContext, spec: GanSpec) -> dict[str, Any]:
     grid_z = fixed_latents(p.seed, p.grid_size, p.latent_dim)
     grid_labels = np.arange(p.grid_size) % num_classes if num_classes else None
     save_png(ctx.out / SAMPLES, image_grid(list(to_uint8(generate(G, grid_z, grid_labels)))))
-    if spec.extra_sample:
-        metrics.update(spec.extra_sample(p, G, ctx, scorer))
+    if extra:
+        metrics.update(extra(p, G, ctx, scorer))
     metrics["quality_features"] = scorer.described
     write_json_atomic(ctx.out / QUALITY, metrics)
     ctx.log(", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
@@ -594,7 +599,9 @@ def sample(p: GanParams, ctx: StepContext, spec: GanSpec) -> dict[str, Any]:
 LEGIBLE = 0.9  # a generated digit counts as legible when the classifier gives one class >= this
 
 
-def report(p: GanParams, dirs: Mapping[str, Path], spec: GanSpec) -> Report:
+def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = None) -> Report:
+    """Samples, the fixed latents' progression, losses, D's scores and the quality metrics;
+    `extra(p, dirs)` adds the variant's own sections."""
     import json
 
     from models.images import load_image
@@ -638,11 +645,11 @@ def report(p: GanParams, dirs: Mapping[str, Path], spec: GanSpec) -> Report:
         Curve("Losses per step", "loss.png", losses, x="step", y="loss"),
         Curve("Discriminator's mean score per step", "scores.png", scores, x="step", y="score"),
     ]
-    if spec.extra_report:
-        sections += spec.extra_report(p, dirs)
+    if extra:
+        sections += extra(p, dirs)
     sections.append(
         Note(
-            f"{spec.summary}. Loss {r.loss}, n_critic {r.n_critic}, label noise {r.label_noise}{constraint}; "
+            f"{p.SUMMARY}. Loss {r.loss}, n_critic {r.n_critic}, label noise {r.label_noise}{constraint}; "
             f"{p.optimizer} (D {p.d_learning_rate}, G {p.g_learning_rate}); latent_dim {p.latent_dim}, "
             f"batch {p.batch_size}, {final['steps']} steps; generator {final['generator_parameters']} "
             f"and discriminator {final['discriminator_parameters']} parameters (width x{p.width}). "
@@ -651,7 +658,7 @@ def report(p: GanParams, dirs: Mapping[str, Path], spec: GanSpec) -> Report:
         )
     )
     return Report(
-        title=f"{spec.name}: {spec.summary}",
+        title=f"{p.NAME}: {p.SUMMARY}",
         metrics=metrics,
         sections=sections,
         history={k: history[k] for k in ("d_loss", "g_loss", "d_real", "d_fake") if k in history},
@@ -660,21 +667,20 @@ def report(p: GanParams, dirs: Mapping[str, Path], spec: GanSpec) -> Report:
 
 
 def register_gan(spec: GanSpec) -> Technique:
-    import functools
-
+    model = spec.params_model
     inputs = {"images": Input(lambda p: p.dataset, source="source")}
-    if not spec.digits:
+    if not issubclass(model, DigitsParams):
         inputs["weights"] = Input("mobilenet_v2_imagenet", source="weights_source", optional=True)
     return register(
         Technique(
-            name=spec.name,
-            summary=spec.summary,
-            params_model=spec.params_model,
+            name=model.NAME,
+            summary=model.SUMMARY,
+            params_model=model,
             inputs=inputs,
             vectorize=vectorize,
             train=train,
-            sample=functools.partial(sample, spec=spec),
-            report=functools.partial(report, spec=spec),
+            sample=spec.sample or sample,
+            report=spec.report or report,
             headline=spec.headline,
             history_x="step",
             demo_overrides=spec.demo,

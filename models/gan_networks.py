@@ -214,8 +214,15 @@ class Architecture:
 
     def build(self, shape, latent_dim: int, width: float, num_classes: int = 0, critic: bool = False):
         extra = {"num_classes": num_classes} if self.conditional else {}
-        G = self.generator(tuple(shape), latent_dim, width=width, **extra)
-        D = self.discriminator(tuple(shape), width=width, critic=critic, **extra)
+        try:
+            G = self.generator(tuple(shape), latent_dim, width=width, **extra)
+            D = self.discriminator(tuple(shape), width=width, critic=critic, **extra)
+        except ValueError as exc:  # Keras: a valid convolution left no pixels
+            if "would be zero or negative" not in str(exc):
+                raise
+            raise GdlError(
+                f"images of {shape[0]}x{shape[1]} are too small for these networks; set a larger image_size"
+            ) from None
         return G, D
 
 

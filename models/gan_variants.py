@@ -36,10 +36,12 @@ from models.gan import (
     StepContext,
     generate,
     register_gan,
+    report,
+    sample,
     to_uint8,
 )
 from models.params import param
-from models.report import Grid, Section, Table
+from models.report import Grid, Report, Section, Table
 
 OFFLINE = {"source": "offline"}
 DIGITS_TINY = {
@@ -54,7 +56,11 @@ DIGITS_TINY = {
     "sample_count": 16,
     "width": 0.1,
 }
-COLOUR_TINY = {**{k: v for k, v in DIGITS_TINY.items() if k != "classifier_epochs"}, "weights_source": "none"}
+COLOUR_TINY = {
+    **{k: v for k, v in DIGITS_TINY.items() if k != "classifier_epochs"},
+    "weights_source": "none",
+    "feature_side": 16,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,6 +68,9 @@ COLOUR_TINY = {**{k: v for k, v in DIGITS_TINY.items() if k != "classifier_epoch
 
 
 class VanillaGanParams(DigitsParams):
+    NAME = "gan"
+    SUMMARY = "vanilla GAN: dense generator and discriminator on MNIST (Cookbook 8)"
+
     latent_dim: int = param(100, "train", "Size of the latent vector z (Cookbook 8: 100).", gt=0)
     batch_size: int = param(32, "train", "Images per discriminator update (Cookbook 8: 32).", ge=1)
     steps: int = param(4000, "train", "Generator updates (Cookbook 8: 4,000).", ge=1)
@@ -73,8 +82,6 @@ class VanillaGanParams(DigitsParams):
 
 register_gan(
     GanSpec(
-        name="gan",
-        summary="vanilla GAN: dense generator and discriminator on MNIST (Cookbook 8)",
         params_model=VanillaGanParams,
         demo={**OFFLINE, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "snapshot_every": 150},
         tiny=DIGITS_TINY,
@@ -88,6 +95,9 @@ register_gan(
 
 
 class DcganParams(DigitsParams):
+    NAME = "dcgan"
+    SUMMARY = "DCGAN: transposed convolutions, batch norm, LeakyReLU on MNIST (Vasilev)"
+
     variant: Literal["mnist", "frogs"] = param(
         "mnist", "train", "Networks: mnist (Vasilev's DCGAN) or frogs (Chollet 8.5's)."
     )
@@ -100,8 +110,6 @@ class DcganParams(DigitsParams):
 
 register_gan(
     GanSpec(
-        name="dcgan",
-        summary="DCGAN: transposed convolutions, batch norm, LeakyReLU on MNIST (Vasilev)",
         params_model=DcganParams,
         demo={
             **OFFLINE,
@@ -118,6 +126,9 @@ register_gan(
 
 
 class DcganFrogsParams(ColourParams):
+    NAME = "dcgan_frogs"
+    SUMMARY = "DCGAN on CIFAR-10 frogs with RMSprop, gradient clipping and label noise (Chollet 8.5)"
+
     variant: Literal["mnist", "frogs"] = param(
         "frogs", "train", "Networks: frogs (Chollet 8.5's) or mnist (Vasilev's DCGAN)."
     )
@@ -143,8 +154,6 @@ class DcganFrogsParams(ColourParams):
 
 register_gan(
     GanSpec(
-        name="dcgan_frogs",
-        summary="DCGAN on CIFAR-10 frogs with RMSprop, gradient clipping and label noise (Chollet 8.5)",
         params_model=DcganFrogsParams,
         demo={
             **OFFLINE,
@@ -168,6 +177,9 @@ register_gan(
 
 
 class CganParams(DigitsParams):
+    NAME = "cgan"
+    SUMMARY = "conditional GAN: the label's embedding multiplies z and the flattened image (Vasilev)"
+
     num_classes: int = param(10, "train", "Classes the label can take (MNIST: 10).", ge=2)
     labels: list[int] = param(
         [3, 8, 9], "sample", "Labels to draw a grid of samples for (Vasilev shows 3, 8 and 9)."
@@ -207,7 +219,7 @@ def cgan_samples(p: CganParams, G, ctx: StepContext, scorer) -> dict[str, Any]:
     return out
 
 
-def cgan_report(p: CganParams, dirs: Mapping[str, Path]) -> list[Section]:
+def cgan_sections(p: CganParams, dirs: Mapping[str, Path]) -> list[Section]:
     import json
 
     from models.images import load_image
@@ -228,16 +240,22 @@ def cgan_report(p: CganParams, dirs: Mapping[str, Path]) -> list[Section]:
     ]
 
 
+def cgan_sample(p: CganParams, ctx: StepContext) -> dict[str, Any]:
+    return sample(p, ctx, cgan_samples)
+
+
+def cgan_report(p: CganParams, dirs: Mapping[str, Path]) -> Report:
+    return report(p, dirs, cgan_sections)
+
+
 register_gan(
     GanSpec(
-        name="cgan",
-        summary="conditional GAN: the label's embedding multiplies z and the flattened image (Vasilev)",
         params_model=CganParams,
         demo={**OFFLINE, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "snapshot_every": 150},
         tiny={**DIGITS_TINY, "labels": [1, 2]},
         headline=("requested_label_accuracy", "fid", "kid"),
-        extra_sample=cgan_samples,
-        extra_report=cgan_report,
+        sample=cgan_sample,
+        report=cgan_report,
         module=__name__,
     )
 )
@@ -248,6 +266,9 @@ register_gan(
 
 
 class WganParams(DigitsParams):
+    NAME = "wgan"
+    SUMMARY = "WGAN: linear critic, Wasserstein loss, weight clipping, n_critic=5 (Vasilev)"
+
     variant: Literal["clip", "gp"] = param(
         "clip",
         "train",
@@ -286,8 +307,6 @@ WGAN_DEMO = {**OFFLINE, "batch_size": 64, "checkpoint_every": 100, "snapshot_eve
 
 register_gan(
     GanSpec(
-        name="wgan",
-        summary="WGAN: linear critic, Wasserstein loss, weight clipping, n_critic=5 (Vasilev)",
         params_model=WganParams,
         # RMSprop 5e-5 needs tens of thousands of steps; the demo raises the rate to see digits on CPU.
         demo={**WGAN_DEMO, "steps": 600, "d_learning_rate": 5e-4, "g_learning_rate": 5e-4},
@@ -298,6 +317,9 @@ register_gan(
 
 
 class WganGpParams(WganParams):
+    NAME = "wgan_gp"
+    SUMMARY = "WGAN-GP: the Wasserstein critic with a gradient penalty instead of clipping"
+
     variant: Literal["clip", "gp"] = param(
         "gp", "train", "gp: gradient penalty (Gulrajani et al.); clip: weight clipping (Vasilev)."
     )
@@ -310,8 +332,6 @@ class WganGpParams(WganParams):
 
 register_gan(
     GanSpec(
-        name="wgan_gp",
-        summary="WGAN-GP: the Wasserstein critic with a gradient penalty instead of clipping",
         params_model=WganGpParams,
         demo={**WGAN_DEMO, "steps": 400, "d_learning_rate": 5e-4, "g_learning_rate": 5e-4},
         tiny=DIGITS_TINY,
@@ -325,6 +345,9 @@ register_gan(
 
 
 class FaceGanParams(ColourParams):
+    NAME = "face_gan"
+    SUMMARY = "face DCGAN with latent interpolation and latent arithmetic (Cookbook 8)"
+
     dataset: str = param("lfw", "download", "Image set in the catalog (Cookbook 8: LFW-crop colour faces).")
     image_size: int | None = param(56, "vectorize", "Faces are resized to this side (Cookbook 8: 56).", ge=8)
     batch_size: int = param(16, "train", "Real faces per discriminator update (Cookbook 8: 32 // 2).", ge=1)
@@ -372,7 +395,7 @@ def face_samples(p: FaceGanParams, G, ctx: StepContext, scorer) -> dict[str, Any
     return {}
 
 
-def face_report(p: FaceGanParams, dirs: Mapping[str, Path]) -> list[Section]:
+def face_sections(p: FaceGanParams, dirs: Mapping[str, Path]) -> list[Section]:
     from models.images import load_image
 
     steps = p.interpolation_steps
@@ -392,10 +415,16 @@ def face_report(p: FaceGanParams, dirs: Mapping[str, Path]) -> list[Section]:
     ]
 
 
+def face_sample(p: FaceGanParams, ctx: StepContext) -> dict[str, Any]:
+    return sample(p, ctx, face_samples)
+
+
+def face_report(p: FaceGanParams, dirs: Mapping[str, Path]) -> Report:
+    return report(p, dirs, face_sections)
+
+
 register_gan(
     GanSpec(
-        name="face_gan",
-        summary="face DCGAN with latent interpolation and latent arithmetic (Cookbook 8)",
         params_model=FaceGanParams,
         demo={
             **OFFLINE,
@@ -409,7 +438,9 @@ register_gan(
             "checkpoint_every": 100,
             "snapshot_every": 40,
         },
-        tiny={**COLOUR_TINY, "image_size": 8, "interpolation_steps": 3},
+        tiny={**COLOUR_TINY, "image_size": 16, "interpolation_steps": 3},
+        sample=face_sample,
+        report=face_report,
         module=__name__,
     )
 )
