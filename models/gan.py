@@ -369,7 +369,7 @@ class ColourParams(GanParams):
     """A GAN of colour images: scored with the ImageNet MobileNetV2's pooled features."""
 
     weights_source: str = param(
-        "offline",
+        "remote",
         "download",
         "ImageNet MobileNetV2 weights for FID/KID features: remote, offline, none (random) or a file of "
         "your own.",

@@ -44,6 +44,7 @@ from models.params import param
 from models.report import Grid, Report, Section, Table
 
 OFFLINE = {"source": "offline"}
+DIGITS_DEMO = {**OFFLINE, "classifier_epochs": 2}
 DIGITS_TINY = {
     "limit": 64,
     "heldout": 0.25,
@@ -83,7 +84,14 @@ class VanillaGanParams(DigitsParams):
 register_gan(
     GanSpec(
         params_model=VanillaGanParams,
-        demo={**OFFLINE, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "snapshot_every": 150},
+        demo={
+            **DIGITS_DEMO,
+            "width": 0.5,
+            "batch_size": 64,
+            "steps": 1500,
+            "checkpoint_every": 250,
+            "snapshot_every": 150,
+        },
         tiny=DIGITS_TINY,
         module=__name__,
     )
@@ -112,7 +120,7 @@ register_gan(
     GanSpec(
         params_model=DcganParams,
         demo={
-            **OFFLINE,
+            **DIGITS_DEMO,
             "width": 0.25,
             "batch_size": 64,
             "steps": 600,
@@ -251,7 +259,7 @@ def cgan_report(p: CganParams, dirs: Mapping[str, Path]) -> Report:
 register_gan(
     GanSpec(
         params_model=CganParams,
-        demo={**OFFLINE, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "snapshot_every": 150},
+        demo={**DIGITS_DEMO, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "snapshot_every": 150},
         tiny={**DIGITS_TINY, "labels": [1, 2]},
         headline=("requested_label_accuracy", "fid", "kid"),
         sample=cgan_sample,
@@ -303,7 +311,7 @@ class WganParams(DigitsParams):
         return "vasilev_dense"
 
 
-WGAN_DEMO = {**OFFLINE, "batch_size": 64, "checkpoint_every": 100, "snapshot_every": 60}
+WGAN_DEMO = {**DIGITS_DEMO, "batch_size": 64, "checkpoint_every": 100, "snapshot_every": 60}
 
 register_gan(
     GanSpec(
