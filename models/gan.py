@@ -402,14 +402,15 @@ ExtraReport = Callable[[Any, Mapping[str, Path]], list[Section]]
 @dataclass(frozen=True)
 class GanSpec:
     """What a variant declares besides its params model (whose NAME and SUMMARY name it):
-    everything else is shared. `sample` and `report` are the variant's own top-level step
-    functions when it adds samples or sections (they call this module's), so each step's code
-    version covers the variant's code."""
+    everything else is shared. `train`, `sample` and `report` are the variant module's own
+    top-level step functions calling this module's, so each step's code version covers the
+    variant's code (its networks and recipe, its extra samples and sections)."""
 
     params_model: type[GanParams]
     demo: Mapping[str, Any]
     tiny: Mapping[str, Any]
     headline: tuple[str, ...] = ("fid", "kid", "g_loss")
+    train: Callable[[Any, StepContext], dict[str, Any]] | None = None
     sample: Callable[[Any, StepContext], dict[str, Any]] | None = None
     report: Callable[[Any, Mapping[str, Path]], Report] | None = None
     module: str = ""
@@ -678,7 +679,7 @@ def register_gan(spec: GanSpec) -> Technique:
             params_model=model,
             inputs=inputs,
             vectorize=vectorize,
-            train=train,
+            train=spec.train or train,
             sample=spec.sample or sample,
             report=spec.report or report,
             headline=spec.headline,
