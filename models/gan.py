@@ -391,7 +391,7 @@ TRAIN_SET, FRAMES, GENERATOR, HISTORY, QUALITY = (
     "history.json",
     "quality.json",
 )
-CLASSIFIER = "digits_classifier.keras"
+CLASSIFIER, CLASSIFIER_META = "digits_classifier.keras", "digits_classifier.json"
 SAMPLES = "samples.png"
 
 
@@ -442,19 +442,29 @@ def vectorize(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         limit=p.limit,
         source=p.source,
     )
+    ctx.log(info["description"])
     x, y = load_set(ctx.out, "train", f"image set {p.dataset}")
+    summary = {"train_images": len(x), "image_shape": "x".join(map(str, x.shape[1:]))}
     if isinstance(p, DigitsParams):
-        from models.quality import train_digits_classifier
+        from models.files import write_json_atomic
+        from models.quality import classifier_predict, save_classifier, train_digits_classifier
 
         if y.min() < 0:
             raise GdlError(f"image set {p.dataset} has unlabelled images: the digits classifier needs labels")
-        from models.quality import save_classifier
-
         classifier = train_digits_classifier(
             (x + 1.0) / 2.0, y, epochs=p.classifier_epochs, seed=p.seed, log=ctx.log
         )
         save_classifier(classifier, ctx.out / CLASSIFIER)
-    return {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
+        held_x, held_y = load_set(ctx.out, "heldout", f"image set {p.dataset}")
+        accuracy = float(
+            (classifier_predict(classifier, (held_x + 1.0) / 2.0).argmax(axis=1) == held_y).mean()
+        )
+        write_json_atomic(
+            ctx.out / CLASSIFIER_META, {"heldout_accuracy": accuracy, "epochs": p.classifier_epochs}
+        )
+        ctx.log(f"digits classifier: held-out accuracy {accuracy:.3f}")
+        summary["classifier_heldout_accuracy"] = accuracy
+    return summary
 
 
 class Scorer:
@@ -613,10 +623,18 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
     frame_files = sorted((dirs["train"] / FRAMES).glob("step-*.png"))
     frames = [load_image(f) for f in frame_files] or [load_image(dirs["sample"] / SAMPLES)]
     frame_captions = [f"step {int(f.stem.split('-')[1])}" for f in frame_files] or ["final"]
+    from models.imagesets import image_set_info
+
+    data = image_set_info(dirs["vectorize"])
     metrics = {
         **{k: v for k, v in final.items() if v is not None},
         **{k: v for k, v in quality.items() if isinstance(v, (int, float, str))},
     }
+    classifier_meta = dirs["vectorize"] / CLASSIFIER_META
+    if classifier_meta.is_file():
+        metrics["digits_classifier_heldout_accuracy"] = json.loads(classifier_meta.read_text())[
+            "heldout_accuracy"
+        ]
     losses = {k: history[k] for k in ("d_loss", "g_loss") if k in history}
     scores = {f"D on {k[2:]}": history[k] for k in ("d_real", "d_fake") if k in history}
     r = p.recipe(_num_classes(p))
@@ -629,7 +647,7 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
         f"pipeline, not published MNIST FIDs; a digit is legible when that classifier gives one class "
         f">= {LEGIBLE}."
         if isinstance(p, DigitsParams)
-        else " Images are resized bilinearly to the network's input and quantised to 8 bits first."
+        else f" Images are quantised to 8 bits, then resized (bicubic) to {getattr(p, 'feature_side', 0)}px."
     )
     sections: list[Section] = [
         Image(
@@ -655,7 +673,7 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
             f"batch {p.batch_size}, {final['steps']} steps; generator {final['generator_parameters']} "
             f"and discriminator {final['discriminator_parameters']} parameters (width x{p.width}). "
             f"FID and KID between {p.sample_count} generated and the held-out real images, "
-            f"features: {quality['quality_features']}." + digits_note
+            f"features: {quality['quality_features']}." + digits_note + f" Data: {data['description']}."
         )
     )
     return Report(

@@ -215,3 +215,20 @@ def test_bad_parameters_are_refused_in_one_line(project, technique, setting, mes
     with pytest.raises(GdlError, match=message) as err:
         resolve_params(technique, None, {f"{technique}.{setting[0]}": setting[1]})
     assert "\n" not in str(err.value)
+
+
+def test_interpolation_strips_run_from_one_latent_to_the_other_linear_and_spherical():
+    from models.gan_variants import interpolate
+
+    rng = np.random.default_rng(0)
+    z1, z2 = rng.standard_normal(64), rng.standard_normal(64)
+    for spherical in (False, True):
+        path = interpolate(z1, z2, 10, spherical)
+        assert path.shape == (10, 64)
+        np.testing.assert_allclose(path[0], z1, atol=1e-5)
+        np.testing.assert_allclose(path[-1], z2, atol=1e-5)
+    linear, spherical = interpolate(z1, z2, 10, False), interpolate(z1, z2, 10, True)
+    # Halfway, the straight line cuts inside the shell where Gaussian latents live; slerp does not.
+    shell = (np.linalg.norm(z1) + np.linalg.norm(z2)) / 2
+    assert np.linalg.norm(linear[5]) < 0.9 * shell
+    assert abs(np.linalg.norm(spherical[5]) - shell) < 0.1 * shell
