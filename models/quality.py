@@ -256,6 +256,12 @@ def load_classifier(path: Path):
     return model
 
 
+def _batched(model, x: np.ndarray) -> np.ndarray:
+    """Direct calls batch by batch (`predict` retraces for every new model it serves)."""
+    outs = [np.asarray(model(x[i : i + BATCH], training=False)) for i in range(0, len(x), BATCH)]
+    return np.concatenate(outs).astype(np.float64)
+
+
 _FEATURE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -265,20 +271,20 @@ def _feature_model(model):
     import keras
 
     if model not in _FEATURE_MODELS:
-        _FEATURE_MODELS[model] = keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output)
+        _FEATURE_MODELS[model] = keras.Model(model.inputs[0], model.get_layer(FEATURE_LAYER).output)
     return _FEATURE_MODELS[model]
 
 
 def classifier_features(model, x01: Any) -> np.ndarray:
     """The `features` layer's activations for digits in [0, 1] (quantised to 8 bits first)."""
     x = prepare_images(_digits(x01, "digits"), DIGIT_SIDE, 1).astype(np.float32) / 255.0
-    return np.asarray(_feature_model(model).predict(x, batch_size=BATCH, verbose=0), dtype=np.float64)
+    return _batched(_feature_model(model), x)
 
 
 def classifier_predict(model, x01: Any) -> np.ndarray:
     """Class probabilities (N, 10) for digits in [0, 1] (quantised to 8 bits first)."""
     x = prepare_images(_digits(x01, "digits"), DIGIT_SIDE, 1).astype(np.float32) / 255.0
-    return np.asarray(model.predict(x, batch_size=BATCH, verbose=0), dtype=np.float64)
+    return _batched(model, x)
 
 
 def digits_extractor(model) -> Extractor:
