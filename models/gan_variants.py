@@ -393,6 +393,9 @@ class FaceGanParams(ColourParams):
         return "cookbook_faces"
 
 
+DISPLAY_SIDE = 96  # faces in the interpolation and arithmetic strips are shown at least this large
+
+
 def slerp(z1: np.ndarray, z2: np.ndarray, t: float) -> np.ndarray:
     """Spherical interpolation: stays at the norm a Gaussian latent has (White 2016)."""
     cos = float(np.dot(z1, z2) / (np.linalg.norm(z1) * np.linalg.norm(z2)))
@@ -410,17 +413,22 @@ def interpolate(z1: np.ndarray, z2: np.ndarray, steps: int, spherical: bool) -> 
 def face_samples(p: FaceGanParams, G, ctx: StepContext, scorer) -> dict[str, Any]:
     """Interpolation strips (linear and spherical) between two generated faces, and the
     arithmetic z1 + z2 - z3 with its three inputs."""
-    from models.images import save_png, strip
+    from models.images import resize, save_png, strip
+
+    def faces(latents: np.ndarray) -> list[np.ndarray]:
+        # Small faces (the demo's 24 px) are enlarged, pixels kept sharp, so strips stay readable.
+        images = to_uint8(generate(G, latents))
+        scale = max(1, DISPLAY_SIDE // images.shape[1])
+        return [
+            resize(im, size=(im.shape[0] * scale, im.shape[1] * scale), resample="nearest") for im in images
+        ]
 
     z = np.random.default_rng([p.seed, 0xFACE]).standard_normal((5, p.latent_dim), dtype=np.float32)
     for kind in ("linear", "spherical"):
         path = interpolate(z[0], z[1], p.interpolation_steps, kind == "spherical")
-        save_png(ctx.out / f"interpolation-{kind}.png", strip(list(to_uint8(generate(G, path)))))
+        save_png(ctx.out / f"interpolation-{kind}.png", strip(faces(path)))
     arithmetic = np.stack([z[2], z[3], z[4], z[2] + z[3] - z[4]])
-    save_png(
-        ctx.out / "arithmetic.png",
-        strip(list(to_uint8(generate(G, arithmetic))), ["z1", "z2", "z3", "z1 + z2 - z3"]),
-    )
+    save_png(ctx.out / "arithmetic.png", strip(faces(arithmetic), ["z1", "z2", "z3", "z1 + z2 - z3"]))
     write_json_atomic(
         ctx.out / "latents.json", {"interpolation": z[:2].tolist(), "arithmetic": z[2:].tolist()}
     )
