@@ -3,13 +3,67 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 from models.files import GdlError, s3_endpoint
 from models.params import PROFILES, STEPS
+
+# What TensorFlow's native code prints on every CPU run (it probes for CUDA; its logging starts
+# before TF_CPP_MIN_LOG_LEVEL is read): dropped from the console, nothing else is.
+NATIVE_NOISE = re.compile(
+    rb"cudart_stub\.cc|cuda_platform\.cc|cuda_executor\.cc|cuda_(blas|dnn|fft)\.cc"
+    rb"|All log messages before absl::InitializeLog|oneDNN custom operations are on"
+    rb"|This TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler flags"
+    rb"|computation_placer\.cc|TF-TRT Warning|Unable to register cu(DNN|FFT|BLAS) factory"
+)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _quiet_native_stderr() -> None:
+    """Filter the process's stderr (file descriptor 2, which native code writes to directly, and
+    which child processes inherit) through a thread that drops the NATIVE_NOISE lines."""
+    import atexit
+    import threading
+
+    try:
+        console = os.dup(2)
+        read_end, write_end = os.pipe()
+    except OSError:
+        return
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending = b""
+        with open(read_end, "rb", buffering=0) as source:
+            while chunk := source.read(1 << 16):
+                *lines, pending = (pending + chunk).split(b"\n")
+                kept = b"".join(line + b"\n" for line in lines if not NATIVE_NOISE.search(line))
+                with contextlib.suppress(OSError):
+                    _write_all(console, kept)
+        if pending and not NATIVE_NOISE.search(pending):
+            with contextlib.suppress(OSError):
+                _write_all(console, pending)
+
+    thread = threading.Thread(target=pump, name="gdl-stderr", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(console, 2)  # closes this process's end of the pipe: the pump drains and stops
+        thread.join(timeout=2)
+
+    atexit.register(restore)
 
 
 def _environment(root: Path) -> None:
@@ -20,6 +74,87 @@ def _environment(root: Path) -> None:
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(root / ".prefect" / "storage"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _temporary_server_database() -> None:
+    """Without PREFECT_API_URL, `gdl run` starts a temporary server: it gets a database of its
+    own. The project's (.prefect/prefect.db) belongs to `gdl stack up`, whose automations and
+    locks a temporary server must not share. Results and caches (PREFECT_LOCAL_STORAGE_PATH)
+    stay shared, so a run on either server reuses the other's steps."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    temporary = Path(os.environ["PREFECT_HOME"]) / "temporary"
+    temporary.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault(
+        "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{temporary / 'prefect.db'}"
+    )
+
+
+class _WithoutTraceback(logging.Formatter):
+    """A console formatter that leaves tracebacks out (they go to the run's log file, the
+    Prefect UI and, with --verbose, the console): a failed step reads as its one-line error."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+class _RunLog(logging.FileHandler):
+    """Everything the run logs, tracebacks included, in a file; remembers whether it got one."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8", delay=True)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.traceback = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.traceback = self.traceback or bool(record.exc_info)
+        super().emit(record)
+
+
+RUN_LOGS_KEPT = 50
+
+
+def _run_logging(verbose: bool) -> _RunLog:
+    """Console: one line per event (tracebacks only with --verbose); a log file per run keeps
+    them all (the newest RUN_LOGS_KEPT are kept)."""
+    import time
+
+    folder = Path(os.environ["PREFECT_HOME"]) / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in sorted(folder.glob("gdl-run-*.log"))[:-RUN_LOGS_KEPT]:
+        old.unlink(missing_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    run_log = _RunLog(folder / f"gdl-run-{stamp}-{os.getpid()}.log")
+    root = logging.getLogger()
+    if not verbose:
+        for handler in root.handlers:
+            handler.setFormatter(_WithoutTraceback(handler.formatter))
+    root.addHandler(run_log)
+    return run_log
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: Prefect marks the run crashed, the temporary server stops."""
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+
+    def terminated(signum, frame):
+        raise Terminated
+
+    # Prefect's engine swaps in its own handler during a flow, and calls this one after marking
+    # the run: without it, the default action kills gdl and orphans the temporary server.
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def _shown(path: Path) -> str:
@@ -46,10 +181,23 @@ def cmd_run(args) -> None:
         check_all(args.profile, overrides)
     else:
         resolve_params(args.technique, args.profile, overrides)
+    _temporary_server_database()  # before Prefect reads its settings
     from flows.pipeline import nightly_flow, technique_flow
 
     root = project_root()
     profile = args.profile or _profile_default()
+    run_log = _run_logging(args.verbose)
+    _stop_on_sigterm()
+    try:
+        _run_flow(args, root, profile, overrides, nightly_flow, technique_flow)
+    except GdlError as exc:
+        if run_log.traceback and not args.verbose:
+            where = _shown(Path(run_log.baseFilename))
+            raise GdlError(f"{exc} (traceback in {where}; --verbose prints it)") from None
+        raise
+
+
+def _run_flow(args, root: Path, profile: str, overrides, nightly_flow, technique_flow) -> None:
     if args.technique == "all":
         results = nightly_flow(profile, overrides)
         for name, result in results.items():
@@ -187,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="techniques and their datasets, name first").set_defaults(fn=cmd_list)
     run = sub.add_parser("run", help="run a technique's Prefect flow ('all': the nightly flow)")
     run.add_argument("technique", help="technique name, or 'all'")
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="print tracebacks (always kept in the run's log file)"
+    )
     run.add_argument("--profile", choices=PROFILES, help="parameter profile (default: params.yaml)")
     run.add_argument(
         "--set",
@@ -232,14 +383,17 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.steps import project_root
 
     _environment(project_root())
+    if argv is None and os.environ.get("GDL_NATIVE_LOGS", "") in ("", "0"):  # the program, not a test's call
+        _quiet_native_stderr()
     try:
         args.fn(args)
     except GdlError as exc:
         print(f"gdl: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gdl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"gdl: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     return 0
 
 

@@ -1,5 +1,6 @@
 """prefect.yaml, generated from the registry: for every technique a `full` deployment on the
-`gpu` pool and a `demo` one on the `cpu` pool, plus the nightly run of all, on a cron schedule."""
+`gpu` pool and a `demo` one on the `cpu` pool (each with its technique's typed run form), plus
+the nightly run of all, on a cron schedule."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ def render(cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE) -> str:
                 {
                     "name": name if profile == "full" else f"{name}-demo",
                     "description": f"{t.summary}; profile {profile} on the {pool} pool",
-                    "entrypoint": "flows/pipeline.py:technique_flow",
-                    "parameters": {"technique": name, "profile": profile, "overrides": {}},
+                    # A typed form: a choice of profile and every parameter of the technique,
+                    # checked by the server before a run is created (flows/forms.py).
+                    "entrypoint": f"flows/forms.py:{name}",
+                    "parameters": {"profile": profile},
+                    "enforce_parameter_schema": True,
                     "work_pool": {"name": pool},
                     "tags": ["gdl", name, profile],
                 }

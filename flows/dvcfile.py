@@ -67,5 +67,26 @@ def stages(root: Path) -> dict:
     return out
 
 
+def plots(root: Path) -> list[dict]:
+    """Top-level DVC plots: each technique's declared charts, columns of its history.csv drawn
+    together against what its rows count (`dvc plots show`, `dvc plots diff` across commits)."""
+    out = []
+    for name, t in techniques().items():
+        history = _rel(run_dir(root, name, DVC_SLOT) / "history.csv", root)
+        for title, columns in t.plots.items():
+            out.append(
+                {
+                    f"{name}: {title}": {
+                        "x": t.history_x,
+                        "y": {history: list(columns)},
+                        "template": "linear",
+                        "x_label": t.history_x,
+                        "y_label": title,
+                    }
+                }
+            )
+    return out
+
+
 def render(root: Path) -> str:
-    return HEADER + yaml.safe_dump({"stages": stages(root)}, sort_keys=False, width=100)
+    return HEADER + yaml.safe_dump({"stages": stages(root), "plots": plots(root)}, sort_keys=False, width=100)

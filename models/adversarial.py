@@ -548,6 +548,7 @@ register(
         report=report,
         headline=("target_probability", "attack_steps", "png_target_probability"),
         history_x="step",
+        plots={"target probability": ("p_target", "p_top1")},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
         module=__name__,

@@ -12,11 +12,15 @@ match) and retried with backoff on transient failures only.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import http.client
 import os
 import shutil
+import socket
+import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -357,9 +361,17 @@ class TransientError(Exception):
 
 @dataclass(frozen=True)
 class FetchPolicy:
+    """How long a download may take. `timeout` bounds each connect and read; `min_rate` (bytes/s,
+    averaged over `rate_window` seconds) cuts off a server that trickles (a 1 byte/s server never
+    trips a per-read timeout) and is retried; `deadline` bounds the whole download, retries
+    included, and is not."""
+
     attempts: int = 4
     backoff: float = 1.0  # seconds; doubles per retry
     timeout: float = 60.0  # per connection / read
+    min_rate: float = 1024.0  # bytes per second over each rate window; 0 disables
+    rate_window: float = 60.0  # seconds
+    deadline: float = 4 * 3600.0  # seconds for the whole download; 0 disables
 
     @classmethod
     def from_env(cls) -> FetchPolicy:
@@ -367,24 +379,91 @@ class FetchPolicy:
             attempts=env_number("GDL_FETCH_ATTEMPTS", cls.attempts, int),
             backoff=env_number("GDL_FETCH_BACKOFF", cls.backoff, float),
             timeout=env_number("GDL_FETCH_TIMEOUT", cls.timeout, float),
+            min_rate=env_number("GDL_FETCH_MIN_RATE", cls.min_rate, float),
+            rate_window=env_number("GDL_FETCH_RATE_WINDOW", cls.rate_window, float),
+            deadline=env_number("GDL_FETCH_DEADLINE", cls.deadline, float),
         )
 
 
-def _http_to(url: str, dest: Path, timeout: float) -> None:
+CHUNK = 1 << 16
+
+
+def _copy_bounded(
+    read: Callable[[int], bytes], fh: Any, policy: FetchPolicy, ends: float, shown: str
+) -> None:
+    """Copy a stream with `read` returning what has arrived (at most n bytes, b"" at the end),
+    enforcing the policy's minimum rate (retryable) and the download's deadline `ends` (not)."""
+    window_start, window_bytes = time.monotonic(), 0
+    while chunk := read(CHUNK):
+        fh.write(chunk)
+        now = time.monotonic()
+        window_bytes += len(chunk)
+        if policy.deadline and now > ends:
+            raise GdlError(
+                f"download of {shown} took longer than its deadline of {policy.deadline:g} s "
+                f"(GDL_FETCH_DEADLINE) with {fh.tell()} bytes received"
+            )
+        if now - window_start >= policy.rate_window:
+            rate = window_bytes / (now - window_start)
+            if rate < policy.min_rate:
+                raise TransientError(
+                    f"too slow: {rate:.0f} bytes/s over {now - window_start:.0f} s, below the minimum "
+                    f"of {policy.min_rate:g} (GDL_FETCH_MIN_RATE)"
+                )
+            window_start, window_bytes = now, 0
+
+
+def one_line(text: object) -> str:
+    """An exception's message on one line (some span several: urllib's redirect loop)."""
+    return " ".join(str(text).split())
+
+
+def _request(url: str) -> urllib.request.Request:
+    """An HTTP request for `url`, with `user:password@` sent as Basic authentication (urllib would
+    take it for a host and port) and never sent on to where a redirect points."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.username is None and parsed.password is None:
+        return urllib.request.Request(url)
+    host = parsed.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parsed.port:
+        netloc += f":{parsed.port}"
+    req = urllib.request.Request(urllib.parse.urlunsplit(parsed._replace(netloc=netloc)))
+    user = urllib.parse.unquote(parsed.username or "")
+    password = urllib.parse.unquote(parsed.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    req.add_unredirected_header("Authorization", f"Basic {token}")
+    return req
+
+
+def _http_to(url: str, dest: Path, policy: FetchPolicy, ends: float) -> None:
+    shown = redact(url)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as fh:
+        with urllib.request.urlopen(_request(url), timeout=policy.timeout) as resp, open(dest, "wb") as fh:
             expected = resp.headers.get("Content-Length")
-            shutil.copyfileobj(resp, fh, 1 << 20)
+            _copy_bounded(resp.read1, fh, policy, ends, shown)
             got = fh.tell()
         if expected is not None and got != int(expected):
             raise TransientError(f"truncated: got {got} of {expected} bytes")
     except urllib.error.HTTPError as exc:
         if exc.code >= 500 or exc.code == 429:
             raise TransientError(f"HTTP {exc.code}") from None
-        raise GdlError(f"download of {redact(url)} failed: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TransientError(f"{type(exc).__name__}: {reason}") from None
+        if 300 <= exc.code < 400:  # urllib gives up on a loop or after 10 redirects
+            raise GdlError(f"download of {shown} failed: redirect loop (HTTP {exc.code})") from None
+        raise GdlError(f"download of {shown} failed: HTTP {exc.code} {one_line(exc.reason)}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, socket.gaierror) and reason.errno != socket.EAI_AGAIN:
+            host = urllib.parse.urlsplit(url).hostname
+            raise GdlError(f"download of {shown} failed: cannot resolve host {host!r}") from None
+        if isinstance(reason, OSError) and not isinstance(reason, ssl.SSLError):
+            raise TransientError(f"{type(reason).__name__}: {one_line(reason)}") from None
+        # A certificate that does not verify, an unknown URL type: trying again changes nothing.
+        raise GdlError(f"download of {shown} failed: {one_line(reason)}") from None
+    except http.client.InvalidURL:
+        raise GdlError(f"download of {shown} failed: not a valid URL") from None
+    except (http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+        raise TransientError(f"{type(exc).__name__}: {one_line(exc)}") from None
 
 
 def s3_client(timeout: float = 60.0, attempts: int = 1):
@@ -402,27 +481,71 @@ def s3_client(timeout: float = 60.0, attempts: int = 1):
     return boto3.client("s3", endpoint_url=endpoint or None, config=config)
 
 
+# 4xx answers that waiting cannot change into a success, whatever their code.
+_S3_TRANSIENT_CODES = {
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+}
+
+
+def s3_error_transient(exc: BaseException) -> bool:
+    """Whether an S3 failure may pass on a later try: connection trouble, 5xx, throttling; not a
+    missing bucket or key, denied access or bad credentials (retrying those only wastes time)."""
+    from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
+
+    if isinstance(exc, NoCredentialsError | ParamValidationError):
+        return False
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return code in _S3_TRANSIENT_CODES or status >= 500 or status in (408, 429) or not status
+    return True
+
+
+def s3_error_text(exc: BaseException) -> str:
+    """One line naming an S3 failure without credentials (botocore's messages hold no secrets,
+    but may span lines)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return one_line(f"{error.get('Code', '')} {error.get('Message', '')}".strip() or exc)
+    return f"{type(exc).__name__}: {one_line(exc)}"
+
+
 def _s3_call(location: str, call: Callable[[], None]) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         call()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
-            raise GdlError(f"download of {location} failed: {code}") from None
-        raise TransientError(f"S3 error {code}") from None
-    except (EndpointConnectionError, BotoCoreError, OSError) as exc:
-        raise TransientError(f"{type(exc).__name__}: {exc}") from None
+    except (BotoCoreError, ClientError, OSError) as exc:
+        if not s3_error_transient(exc):
+            raise GdlError(f"download of {location} failed: {s3_error_text(exc)}") from None
+        raise TransientError(s3_error_text(exc)) from None
 
 
-def _s3_to(location: str, dest: Path, timeout: float) -> None:
+def _s3_object_to(client: Any, bucket: str, key: str, dest: Path, policy: FetchPolicy, ends: float) -> None:
+    """One object, streamed under the same minimum rate and deadline as an HTTP download."""
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    raw = getattr(body, "_raw_stream", None)  # urllib3's response: read1 returns what has arrived
+    read = raw.read1 if hasattr(raw, "read1") else body.read
+    try:
+        with open(dest, "wb") as fh:
+            _copy_bounded(read, fh, policy, ends, f"s3://{bucket}/{key}")
+    finally:
+        body.close()
+
+
+def _s3_to(location: str, dest: Path, policy: FetchPolicy, ends: float) -> None:
     parsed = urllib.parse.urlparse(location)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    _s3_call(location, lambda: s3_client(timeout).download_file(bucket, key, str(dest)))
+    _s3_call(location, lambda: _s3_object_to(s3_client(policy.timeout), bucket, key, dest, policy, ends))
 
 
-def _s3_prefix_to(location: str, dest: Path, timeout: float) -> None:
+def _s3_prefix_to(location: str, dest: Path, policy: FetchPolicy, ends: float) -> None:
     """Every object under an S3 prefix into the folder `dest`; keys are checked like any outside
     name (no traversal) and the count and sizes are bounded like an archive's."""
     from models.archives import ArchiveLimits
@@ -432,7 +555,7 @@ def _s3_prefix_to(location: str, dest: Path, timeout: float) -> None:
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
 
     def copy() -> None:
-        client = s3_client(timeout)
+        client = s3_client(policy.timeout)
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
         count = total = 0
@@ -450,7 +573,7 @@ def _s3_prefix_to(location: str, dest: Path, timeout: float) -> None:
                     raise GdlError(f"{location}: object {rel!r} is larger than the per-file limit")
                 target = dest / safe_relpath(rel, f"object name under {location}")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, obj["Key"], str(target))
+                _s3_object_to(client, bucket, obj["Key"], target, policy, ends)
         if count == 0:
             raise GdlError(f"{location} holds no objects")
 
@@ -537,16 +660,17 @@ def _check_pin(raw_root: Path, location: str, digest: str, record: bool) -> None
 
 def _transfer(dataset: Dataset, location: str, dest: Path, policy: FetchPolicy, log) -> None:
     """Bring the bytes of `location` to `dest` (a file, or a folder for folder sources)."""
+    ends = time.monotonic() + policy.deadline  # the whole download, retries included
     if location.startswith("offline:"):
         from models import offline
 
         _write_content(offline.load(dataset.offline.loader, dataset.offline.args), dest)
     elif location.startswith(("http://", "https://")):
-        _retrying(lambda: _http_to(location, dest, policy.timeout), location, policy, log)
+        _retrying(lambda: _http_to(location, dest, policy, ends), location, policy, log)
     elif location.startswith("s3://") and location.endswith("/"):
-        _retrying(lambda: _s3_prefix_to(location, dest, policy.timeout), location, policy, log)
+        _retrying(lambda: _s3_prefix_to(location, dest, policy, ends), location, policy, log)
     elif location.startswith("s3://"):
-        _retrying(lambda: _s3_to(location, dest, policy.timeout), location, policy, log)
+        _retrying(lambda: _s3_to(location, dest, policy, ends), location, policy, log)
     else:
         path = _local_path(location)
         if path.is_dir():

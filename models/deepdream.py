@@ -432,6 +432,7 @@ register(
         report=report,
         headline=("final_loss", "steps"),
         history_x="step",
+        plots={"loss": ("loss",)},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
         module=__name__,

@@ -549,6 +549,7 @@ register(
         report=report,
         headline=("feed_forward_total_loss", "speedup_vs_optimisation", "train_loss"),
         history_x="step",
+        plots={"losses": ("total", "content", "style", "tv")},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
         module=__name__,

@@ -160,16 +160,51 @@ def staging_dir(final: Path, sweep: bool = False) -> Iterator[Path]:
         raise
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on `path` (created if needed); blocks until held."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+def _locked_file(path: Path) -> Any:
+    """Open and lock `path`, making sure the file locked is still the one at `path`: a holder
+    that removes the lock file on release leaves waiters holding a lock on a deleted file, and
+    they must take the new one (the usual lock-then-check-inode protocol)."""
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fh = open(path, "a+")  # noqa: SIM115 (returned open and locked)
+        except FileNotFoundError:  # the folder was pruned in between: make it again
+            continue
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                return fh
+        except FileNotFoundError:
+            pass
+        fh.close()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, remove_if: Callable[[], bool] | None = None) -> Iterator[None]:
+    """Exclusive advisory lock on `path` (created if needed); blocks until held. With
+    `remove_if`, the lock file is removed on release when that says so (e.g. when the slot it
+    guards does not exist: a failed step leaves no lock file behind)."""
+    fh = _locked_file(path)
+    try:
+        yield
+    finally:
+        try:
+            if remove_if is not None and remove_if():
+                path.unlink(missing_ok=True)
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()
+
+
+def prune_empty_dirs(start: Path, stop: Path) -> None:
+    """Remove `start` and its parents while they are empty, up to `stop` (kept)."""
+    here = start
+    while here != stop and stop in here.parents:
+        try:
+            here.rmdir()
+        except OSError:  # not empty (or gone): stop here
+            return
+        here = here.parent
 
 
 def retry(
@@ -179,15 +214,17 @@ def retry(
     backoff: float,
     retry_on: tuple[type[BaseException], ...],
     on_retry: Callable[[int, BaseException, float], None] | None = None,
+    retry_if: Callable[[BaseException], bool] = lambda exc: True,
 ) -> T:
-    """Call `fn` up to `attempts` times, sleeping backoff, 2*backoff, ... between failures."""
+    """Call `fn` up to `attempts` times, sleeping backoff, 2*backoff, ... between failures of the
+    `retry_on` types that `retry_if` deems worth another try (others are raised at once)."""
     if attempts < 1:
         raise GdlError(f"retry attempts must be at least 1 (got {attempts})")
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except retry_on as exc:
-            if attempt == attempts:
+            if attempt == attempts or not retry_if(exc):
                 raise
             delay = backoff * 2 ** (attempt - 1)
             if on_retry:

@@ -702,6 +702,7 @@ def register_gan(spec: GanSpec) -> Technique:
             report=spec.report or report,
             headline=spec.headline,
             history_x="step",
+            plots={"losses": ("d_loss", "g_loss"), "discriminator": ("d_real", "d_fake")},
             demo_overrides=spec.demo,
             tiny_overrides=spec.tiny,
             module=spec.module,

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models.files import GdlError
 
 STEPS = ("download", "vectorize", "train", "sample", "publish")
 PROFILES = ("demo", "full")
 DEFAULT_PROFILE = "demo"
+INT32_MAX = 2**31 - 1  # seeds, lengths and counts reach TensorFlow as 32-bit integers
 
 
 def param(default: Any, step: str, description: str, **constraints: Any) -> Any:
@@ -32,9 +33,14 @@ def param(default: Any, step: str, description: str, **constraints: Any) -> Any:
 class TechniqueParams(BaseModel):
     """Fields every technique has. Subclasses add the technique's own, with the book's defaults."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: `true` is not an epoch count, "128" is not a batch size and 2.0 is not an int (the
+    # values come typed from YAML and JSON: params.yaml, --set, the Prefect UI). Floats must be
+    # finite: an infinite learning rate is not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    seed: int = param(1337, "vectorize", "Seed for splits, shuffling, initialisation and sampling.")
+    seed: int = param(
+        1337, "vectorize", "Seed for splits, shuffling, initialisation and sampling.", ge=0, le=INT32_MAX
+    )
     device: Literal["auto", "cpu", "gpu"] = param(
         "auto", "train", "Where to train: 'auto' uses a GPU when TensorFlow sees one."
     )
@@ -42,6 +48,15 @@ class TechniqueParams(BaseModel):
         False, "train", "Train in mixed_float16 (GPU only; ignored with a warning on CPU)."
     )
     jit_compile: bool = param(False, "train", "Compile the training step with XLA.")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int32(cls, value: Any) -> Any:
+        """Every integer (alone or in a list) fits TensorFlow's 32 bits, unless a field says less."""
+        items = value if isinstance(value, list) else [value]
+        if any(type(v) is int and not -INT32_MAX - 1 <= v <= INT32_MAX for v in items):
+            raise ValueError(f"integers must lie within +-{INT32_MAX} (32 bits)")
+        return value
 
     @classmethod
     def fields_for_step(cls, step: str) -> list[str]:

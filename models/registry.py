@@ -75,6 +75,9 @@ class Technique:
     report: Callable[[Any, Mapping[str, Path]], Any]  # params, step dirs -> models.report.Report
     headline: tuple[str, ...]  # metrics the gallery leads with; the first is charted per run
     history_x: str = "epoch"  # what the rows of the report's history (history.csv, DVC plots) count
+    # DVC plots: title -> history.csv columns drawn together against history_x (train and
+    # validation loss on one chart); `dvc plots show/diff` render them across commits.
+    plots: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     demo_overrides: Mapping[str, Any] = field(default_factory=dict)  # offline, CPU-sized
     tiny_overrides: Mapping[str, Any] = field(default_factory=dict)  # seconds, for the tests
     module: str = ""  # the defining module, e.g. "models.text_lstm"

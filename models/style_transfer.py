@@ -500,6 +500,7 @@ register(
         report=report,
         headline=("total_loss", "style_loss", "content_loss", "seconds_to_target_loss"),
         history_x="iteration",
+        plots={"losses": ("total", "content", "style", "tv")},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
         module=__name__,

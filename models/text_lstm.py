@@ -30,6 +30,7 @@ from models.training import FINAL, configure_runtime, fit_resumable, load_model
 
 CORPUS, VOCAB, META = "corpus.npy", "vocab.json", "meta.json"
 SAMPLES_JSON = "samples.json"
+MAX_SAMPLE = 1_000_000  # characters per temperature: the sampler holds them all in memory
 EPOCH_WEIGHTS = "epochs"  # per-epoch weights, sampled by the sample step (the book's per-epoch text)
 
 
@@ -64,7 +65,7 @@ class TextLSTMParams(TechniqueParams):
         "Sampling temperatures, each > 0, distinct (Chollet 8.1: 0.2, 0.5, 1.0, 1.2).",
     )
     sample_length: int = param(
-        400, "sample", "Characters generated per temperature (Chollet 8.1: 400).", ge=1
+        400, "sample", "Characters generated per temperature (Chollet 8.1: 400).", ge=1, le=MAX_SAMPLE
     )
     epoch_sample_length: int = param(
         400,
@@ -72,6 +73,7 @@ class TextLSTMParams(TechniqueParams):
         "Characters generated per temperature from each epoch's weights, to show the text improve "
         "(Chollet 8.1 samples after every epoch: 400); 0 samples only the final model.",
         ge=0,
+        le=MAX_SAMPLE,
     )
     sampler: Literal["window", "stateful"] = param(
         "window",
@@ -499,6 +501,7 @@ register(
         sample=sample,
         report=report,
         headline=("val_bits_per_char", "val_loss", "train_loss"),
+        plots={"loss": ("loss", "val_loss")},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
         module=__name__,

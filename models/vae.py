@@ -752,6 +752,10 @@ register(
         sample=sample,
         report=report,
         headline=("heldout_elbo", "fid", "kid", "heldout_reconstruction"),
+        plots={
+            "loss": ("loss", "val_loss"),
+            "ELBO terms": ("reconstruction", "val_reconstruction", "kl", "val_kl"),
+        },
         demo_overrides=DEMO,
         tiny_overrides=TINY,
         module=__name__,

@@ -29,7 +29,7 @@ from typing import Any
 
 from prefect import task
 
-from models.datasets import redact, s3_client
+from models.datasets import redact, s3_client, s3_error_text, s3_error_transient
 from models.files import (
     GdlError,
     RetryableError,
@@ -225,26 +225,38 @@ def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str,
 
     attempts = env_number("GDL_PUBLISH_ATTEMPTS", 4, int)
     backoff = env_number("GDL_PUBLISH_BACKOFF", 1.0, float)
-    client = s3_client(timeout=30, attempts=1)
+    client = s3_client(timeout=env_number("GDL_PUBLISH_TIMEOUT", 30.0, float), attempts=1)
     base = "/".join(p for p in (target.prefix, technique, manifest["run_id"]) if p)
     uploads = [(rel, run / rel) for rel in manifest["files"]] + [(MANIFEST, run / MANIFEST)]
+    intact = f"the run directory {run} is intact and {technique}/{LATEST} was not changed"
 
     def put(key: str, body: bytes, name: str) -> None:
         def once() -> None:
             client.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType=_content_type(name))
 
         def note(n: int, exc: BaseException, delay: float) -> None:
-            log(f"upload of {key} failed (attempt {n}: {type(exc).__name__}); retry in {delay:.1f}s")
+            log(
+                f"upload of {key} failed (attempt {n} of {attempts}: {s3_error_text(exc)}); "
+                f"retry in {delay:.1f}s"
+            )
 
         try:
             retry(
-                once, attempts=attempts, backoff=backoff, retry_on=(BotoCoreError, ClientError), on_retry=note
+                once,
+                attempts=attempts,
+                backoff=backoff,
+                retry_on=(BotoCoreError, ClientError),
+                retry_if=s3_error_transient,
+                on_retry=note,
             )
         except (BotoCoreError, ClientError) as exc:
+            if not s3_error_transient(exc):  # a missing bucket, denied access: no retry helps
+                raise GdlError(
+                    f"publishing to {target.describe()} failed: {s3_error_text(exc)}; {intact}"
+                ) from None
             raise PublishError(
                 f"publishing to {target.describe()} failed after {attempts} attempts "
-                f"({type(exc).__name__}: {exc}); the run directory {run} is intact and "
-                f"{technique}/{LATEST} was not changed"
+                f"({s3_error_text(exc)}); {intact}"
             ) from None
 
     for rel, path in uploads:

@@ -19,11 +19,12 @@ step function (models.codeversion: the code it runs, not the module it lives in)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -44,6 +45,7 @@ from models.files import (
     digest_json,
     dir_manifest,
     file_lock,
+    prune_empty_dirs,
     read_json,
     replace_dir,
     safe_relpath,
@@ -214,6 +216,26 @@ def slot_lock(out: Path) -> Path:
     return out.parent / f".{out.name}.gdl-lock"
 
 
+@contextlib.contextmanager
+def guarded_slot(root: Path, out: Path) -> Iterator[None]:
+    """Hold the slot's lock while it is built. If building fails, nothing is left that the
+    failure made: an empty (resumable) slot folder, the lock file, empty parent folders up to
+    data/<area>/. A resumable slot holding checkpoints is kept, with its lock, to resume from."""
+    area = data_dir(root) / out.relative_to(data_dir(root)).parts[0]
+
+    def failed_and_empty() -> bool:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        return not out.exists()
+
+    try:
+        with file_lock(slot_lock(out), remove_if=failed_and_empty):
+            yield
+    except BaseException:
+        prune_empty_dirs(slot_lock(out).parent, area)
+        raise
+
+
 def run_dir_of(root: Path, upstream: Mapping[str, Manifest]) -> Path:
     """The run directory a publish step fills: the one holding the sample step's samples/."""
     return local_dir(root, upstream["sample"]).parent
@@ -307,7 +329,7 @@ def download(
     for name, (dataset, location) in resolve_inputs(t, p).items():
         key = input_key(dataset, location)
         out = input_dir(root, technique, name, dataset.name, key, dvc)
-        with file_lock(slot_lock(out)):
+        with guarded_slot(root, out):
             marker = read_marker(out) if is_complete(out, key) else None
             if marker is None:
                 started = time.time()
@@ -367,7 +389,7 @@ def execute(
         kwargs = {"progress": progress} if progress else {}
         return StepContext(dirs, where, inputs, key, log=logger, **kwargs)
 
-    with file_lock(slot_lock(out)):
+    with guarded_slot(root, out):
         if not dvc and is_complete(out, key):  # another run finished it while we waited
             return read_marker(out)
         started = time.time()

@@ -37,6 +37,8 @@ LONGEST_FIRST = (
     "test_flow_e2e.py",
     "test_techniques.py",
     "test_fast_style_transfer.py",
+    "test_cyclegan.py",
+    "test_pix2pix.py",
     "test_style_transfer.py",
     "test_adversarial.py",
     "test_deepdream.py",
@@ -214,6 +216,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/flaky" and _Handler.hits[self.path] == 1:
             self.send_error(503, "Service Unavailable")
+            return
+        if self.path == "/loop":  # redirects to itself until urllib gives up
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.end_headers()
+            return
+        wanted = "Basic dXNlcjpzM2NyZXQ="  # Basic authentication as user:s3cret
+        if self.path == "/auth" and self.headers.get("Authorization") != wanted:
+            self.send_error(401, "Unauthorized")
+            return
+        if self.path == "/trickle":  # a byte at a time, forever slower than any sane minimum rate
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for byte in body[:200]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.02)
             return
         if self.path == "/changed":
             body = Fixtures.changed

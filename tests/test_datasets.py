@@ -95,6 +95,66 @@ def test_slow_server_times_out_and_fails_after_retries(tmp_path, http_server, da
     assert _landed(tmp_path / "d") == []
 
 
+def test_a_trickling_server_is_cut_off_by_the_minimum_rate_and_retried(tmp_path, http_server, dataset):
+    url, hits = http_server
+    policy = FetchPolicy(attempts=2, backoff=0.05, timeout=5.0, min_rate=1000.0, rate_window=0.3)
+    notes: list[str] = []
+    with pytest.raises(GdlError, match="failed after 2 attempts: too slow: .* below the minimum of 1000"):
+        fetch(dataset, f"{url}/trickle", tmp_path / "d", tmp_path, policy, log=notes.append)
+    assert hits["/trickle"] == 2 and "too slow" in notes[0]  # each retry is logged, with its reason
+    assert _landed(tmp_path / "d") == []
+
+
+def test_the_whole_download_has_a_deadline_retries_included(tmp_path, http_server, dataset):
+    url, hits = http_server
+    policy = FetchPolicy(attempts=5, backoff=0.05, timeout=5.0, min_rate=0.0, deadline=0.3)
+    with pytest.raises(GdlError, match=r"took longer than its deadline of 0.3 s \(GDL_FETCH_DEADLINE\)"):
+        fetch(dataset, f"{url}/trickle", tmp_path / "d", tmp_path, policy)
+    assert hits["/trickle"] == 1  # a deadline is not retried
+    assert _landed(tmp_path / "d") == []
+
+
+def test_a_redirect_loop_fails_in_one_line_without_retrying(tmp_path, http_server, dataset):
+    url, hits = http_server
+    with pytest.raises(GdlError) as err:
+        fetch(dataset, f"{url}/loop", tmp_path / "d", tmp_path, FAST)
+    assert str(err.value) == f"download of {url}/loop failed: redirect loop (HTTP 302)"
+    assert hits["/loop"] <= 11  # urllib's own limit, one attempt
+
+
+def test_credentials_in_a_url_are_sent_and_never_shown(tmp_path, http_server, dataset):
+    url, hits = http_server
+    host = url.removeprefix("http://")
+    notes: list[str] = []
+    got = fetch(
+        dataset,
+        f"http://user:s3cret@{host}/auth?X-Amz-Signature=sig",
+        tmp_path / "d",
+        tmp_path,
+        log=notes.append,
+    )
+    assert (tmp_path / "d" / "corpus.txt").read_bytes() == Fixtures.good
+    assert got["location"] == f"{url}/auth"
+    with pytest.raises(GdlError) as err:
+        fetch(dataset, f"http://user:wrong@{host}/auth", tmp_path / "e", tmp_path, log=notes.append)
+    assert str(err.value) == f"download of {url}/auth failed: HTTP 401 Unauthorized"
+    assert hits["/auth?X-Amz-Signature=sig"] == 1 and hits["/auth"] == 1  # a 401 is not retried
+    pins = (tmp_path / "pins.json").read_text()
+    for shown in (pins, *notes, str(err.value)):
+        assert "s3cret" not in shown and "wrong" not in shown and "sig" not in shown
+
+
+def test_an_unresolvable_host_fails_at_once_in_one_line(tmp_path, dataset):
+    notes: list[str] = []
+    with pytest.raises(GdlError) as err:
+        fetch(dataset, "http://user:pass@nohost.invalid/x.txt", tmp_path / "d", tmp_path, log=notes.append)
+    assert (
+        str(err.value)
+        == "download of http://nohost.invalid/x.txt failed: cannot resolve host 'nohost.invalid'"
+    )
+    assert notes == []  # not retried
+
+
 def test_transient_server_error_is_retried_with_backoff(tmp_path, http_server, dataset):
     url, hits = http_server
     notes = []

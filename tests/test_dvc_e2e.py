@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -81,6 +82,25 @@ def test_repro_runs_once_then_only_what_a_param_change_touches(dvc_repo, prefect
     assert "val_bits_per_char" in metrics.stdout
     plots = _sh(repo, "dvc", "plots", "show", "-o", str(repo / "plots_out"), env=env)
     assert (repo / "plots_out" / "index.html").is_file(), plots.stdout
+
+    # Issue 7 item 13: metrics and plots files are committed with dvc.lock, so a fresh clone
+    # shows and diffs them without the DVC cache; the loss chart draws train and validation.
+    _sh(repo, "dvc", "plots", "show", env=env)  # into dvc_plots/, which git ignores
+    _sh(repo, "git", "add", "-A", env=env)
+    tracked = _sh(repo, "git", "ls-files", "data", env=env).stdout.split()
+    assert sorted(tracked) == [f"{run.relative_to(repo)}/{f}" for f in ("history.csv", "metrics.json")]
+    assert not _sh(repo, "git", "ls-files", "dvc_plots", env=env).stdout
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run", env=env)
+    clone = repo.parent / "clone"
+    _sh(repo.parent, "git", "clone", "-q", str(repo), str(clone), env=env)
+    shown = json.loads(_sh(clone, "dvc", "metrics", "show", "--json", env=env).stdout)
+    assert "val_bits_per_char" in json.dumps(shown)
+    charts = json.loads(_sh(clone, "dvc", "plots", "show", "--json", env=env).stdout)["data"]
+    loss = charts["text_lstm: loss"][0]["content"]
+    assert {row["field"] for row in loss["data"]["values"]} == {"loss", "val_loss"}  # one chart
+    assert loss["encoding"]["x"]["field"] == "epoch"
+    diff = _sh(clone, "dvc", "metrics", "diff", "HEAD~1", "--json", env=env)
+    assert "val_bits_per_char" in diff.stdout  # new since the commit before
 
     # The Prefect flow, same params: same processed data, and DVC's view is left intact.
     flow = gdl(repo, "run", "text_lstm", env={**env, "GDL_ROOT": str(repo), "PREFECT_API_URL": prefect_api})

@@ -42,3 +42,34 @@ def test_numeric_settings_fail_in_one_line(monkeypatch):
         env_number("GDL_PUBLISH_ATTEMPTS", 4, int)
     with pytest.raises(GdlError, match="at least 1"):
         retry(lambda: None, attempts=0, backoff=0, retry_on=(OSError,))
+
+
+def test_a_lock_file_removed_by_its_holder_is_taken_afresh_by_a_waiter(tmp_path):
+    import fcntl
+    import threading
+    import time
+
+    from models.files import file_lock
+
+    path = tmp_path / "slot.gdl-lock"
+    seen: list[bool] = []
+    release = threading.Event()
+
+    def waiter():
+        with file_lock(path):
+            seen.append(path.exists())
+            release.wait(5)
+
+    with file_lock(path, remove_if=lambda: True):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.2)  # the waiter now blocks on the file that is about to be removed
+    for _ in range(100):
+        if seen:
+            break
+        time.sleep(0.02)
+    assert seen == [True]  # it re-took the lock on a file that exists at the path
+    with open(path) as fh, pytest.raises(BlockingIOError):  # and it really holds that one
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    release.set()
+    thread.join()

@@ -31,6 +31,8 @@ def test_second_run_hits_cache_and_changing_temperatures_reruns_only_sample_and_
     assert run_dir.startswith("data/runs/text_lstm/")
     assert (project / run_dir / "report.html").is_file()
     assert _cached(first.stderr) == set()
+    # Issue 7 item 12: TensorFlow's CUDA probe says nothing on a CPU run.
+    assert "cuda" not in first.stderr.lower() and "absl::InitializeLog" not in first.stderr
 
     second = gdl(project, "run", "text_lstm", env=env)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -91,8 +93,12 @@ def test_bad_corpus_fails_with_one_line_and_leaves_nothing_half_written(
     env = cli_env(project, PREFECT_API_URL=prefect_api)
     result = gdl(project, "run", "text_lstm", "--set", f"text_lstm.source={corpus}", env=env)
     assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("gdl: error:") and message in last
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gdl: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    # Issue 7 item 9: no Prefect traceback on the console; the error line says where it is.
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) < 12
+    log = project / errors[0].split("(traceback in ", 1)[1].split(";", 1)[0]
+    assert "Traceback (most recent call last)" in log.read_text() and message in log.read_text()
     leftovers = [
         p
         for p in (project / "data").rglob("*")
@@ -101,3 +107,12 @@ def test_bad_corpus_fails_with_one_line_and_leaves_nothing_half_written(
     # A corpus that decodes but is too short is a complete, valid download; nothing else stays.
     allowed = {"corpus.txt", ".step.json", ".step-run.json"} if message.startswith("needs") else set()
     assert {p.name for p in leftovers} <= allowed
+
+
+def test_verbose_prints_the_traceback(project, prefect_api):
+    corpus = project / "mine.txt"
+    corpus.write_bytes(b"\x00binary")
+    env = cli_env(project, PREFECT_API_URL=prefect_api)
+    result = gdl(project, "run", "text_lstm", "--verbose", "--set", f"text_lstm.source={corpus}", env=env)
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr and "looks binary" in result.stderr

@@ -51,6 +51,17 @@ def test_set_overrides_a_parameter_with_a_typed_value(project):
         ("text_lstm.temperatures=[-1]", "every temperature must be a finite number > 0"),
         ("text_lstm.epochs=many", "text_lstm.epochs: Input should be a valid integer"),
         ("text_lstm.epoch=3", "unknown parameter 'text_lstm.epoch'"),
+        # Issue 7 item 3: values that used to pass and crash later (or silently became 1).
+        ("text_lstm.seed=-1", "text_lstm.seed: Input should be greater than or equal to 0"),
+        ("text_lstm.seed=3000000000", "text_lstm.seed: Input should be less than or equal to 2147483647"),
+        ("text_lstm.sample_length=3000000000", "sample_length: Input should be less than or equal to"),
+        ("text_lstm.learning_rate=.inf", "text_lstm.learning_rate: Input should be a finite number"),
+        ("text_lstm.learning_rate=.nan", "text_lstm.learning_rate: Input should be a finite number"),
+        ("text_lstm.epochs=3000000000", "text_lstm.epochs: Value error, integers must lie within"),
+        ("text_lstm.epochs=true", "text_lstm.epochs: Input should be a valid integer"),
+        ("text_lstm.epochs=2.5", "text_lstm.epochs: Input should be a valid integer"),
+        ("text_lstm.batch_size='128'", "text_lstm.batch_size: Input should be a valid integer"),
+        ("text_lstm.jit_compile=1", "text_lstm.jit_compile: Input should be a valid boolean"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_parameter(project, setting, expected):

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import free_port, run_steps
 
-from models.files import GdlError, safe_relpath
+from models.files import GdlError, RetryableError, safe_relpath
 from tasks import publish
 
 
@@ -77,6 +77,33 @@ def test_s3_down_fails_clearly_after_retries_and_keeps_local_results(project, st
     manifest = json.loads((run / "manifest.json").read_text())
     for rel, entry in manifest["files"].items():
         assert hashlib.sha256((run / rel).read_bytes()).hexdigest() == entry["sha256"]
+
+
+def test_a_missing_bucket_fails_at_once_without_retries(project, steps, s3, monkeypatch, caplog):
+    monkeypatch.setenv("GDL_S3_BUCKET", "no-such-bucket-here")
+    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "4")
+    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "5")  # a retry would make this test slow to fail
+    with caplog.at_level("WARNING", logger="gdl"), pytest.raises(GdlError) as err:
+        publish.run("text_lstm", steps["params"], steps["upstream"])
+    assert not isinstance(err.value, RetryableError)  # Prefect's task-level retry skips it too
+    message = str(err.value)
+    assert "NoSuchBucket" in message and "is intact" in message and "attempts" not in message
+    assert "\n" not in message
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+
+
+def test_transient_upload_failures_are_logged_with_their_reason(
+    project, steps, s3, failing_s3_proxy, monkeypatch, caplog
+):
+    _, bucket = s3
+    monkeypatch.setenv("GDL_S3_BUCKET", bucket)
+    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "2")
+    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "0.05")
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(0))  # every request answered 503
+    with caplog.at_level("WARNING", logger="gdl"), pytest.raises(publish.PublishError):
+        publish.run("text_lstm", steps["params"], steps["upstream"])
+    retries = [r.getMessage() for r in caplog.records if "retry in" in r.getMessage()]
+    assert len(retries) == 1 and "attempt 1 of 2" in retries[0] and "503" in retries[0]
 
 
 def test_outage_mid_publish_never_moves_latest_to_a_partial_run(
@@ -180,3 +207,37 @@ def test_step_outputs_runs_and_published_copies_have_a_new_folders_permissions(p
     wrong = {str(p.relative_to(project)): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders}
     wrong = {k: v for k, v in wrong.items() if v != oct(expected)}
     assert not wrong, f"staging folders keep mkdtemp's 0700: {wrong}"
+
+
+def test_temperatures_that_print_alike_keep_a_sample_and_an_artifact_each(project, steps):
+    """Issue 7 item 5: 0.5 and 0.5000000001 are two temperatures: two samples, two sections,
+    two artifacts (they used to share a name and one silently replaced the other)."""
+    from models.report import Text, artifact_plan
+
+    close = run_steps(temperatures=[0.5, 0.5000000001])
+    result = publish.run("text_lstm", close["params"], close["upstream"])
+    run = project / result["run_dir"]
+    assert len(list((run / "samples").glob("temperature_*.txt"))) == 2
+    built = publish.assemble("text_lstm", close["params"], close["upstream"], run)
+    texts = [s for s in built["report"].sections if isinstance(s, Text)]
+    assert len(texts) == 2 and texts[0].caption != texts[1].caption
+    keys = [item["key"] for item in artifact_plan(built["report"], built["provenance"], built["files"], "x")]
+    assert len(keys) == len(set(keys)) and sum("temperature" in k for k in keys) == 2
+
+
+def test_credentials_in_a_source_url_are_written_nowhere(project, http_server, caplog):
+    """Issue 7 item 1: a source with user:password@ and a presigned query downloads, and neither
+    reaches the run directory, the published copy, the step outputs or the logs."""
+    url, _ = http_server
+    host = url.removeprefix("http://")
+    secret = f"http://user:s3cret@{host}/auth?X-Amz-Signature=sig0123"
+    with caplog.at_level("INFO"):
+        done = run_steps(source=secret)
+        result = publish.run("text_lstm", done["params"], done["upstream"])
+    assert (project / result["run_dir"] / "report.html").is_file()
+    written = [
+        p for p in (project / "data").rglob("*") if p.is_file() and p.suffix in (".json", ".html", ".csv")
+    ]
+    assert written
+    for text in [p.read_text(errors="replace") for p in written] + [r.getMessage() for r in caplog.records]:
+        assert "s3cret" not in text and "sig0123" not in text

@@ -3,6 +3,7 @@ REST API as the UI's Run button does and by clicking in the UI in headless Chrom
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -125,14 +126,36 @@ def test_a_run_triggered_like_the_ui_completes_on_a_worker_with_artifacts(stack)
     assert list(runs.glob("text_lstm/*/report.html")) and (runs / "index.html").is_file()
 
 
+def test_the_run_form_is_typed_and_the_server_refuses_bad_values_before_a_run(stack):
+    """Issue 7 item 14: per technique, a form of its typed parameters with defaults, descriptions
+    and bounds, and a choice of profile; values that do not fit never become a run."""
+    api = stack["api"]
+    deployment = _deployment(api, "technique", "text_lstm-demo")
+    schema = deployment["parameter_openapi_schema"]["properties"]
+    assert schema["profile"]["enum"] == ["demo", "full"]
+    assert deployment["parameters"] == {"profile": "demo"}
+    epochs = schema["epochs"]
+    assert {"type": "integer", "minimum": 1} in epochs["anyOf"] and "Chollet" in epochs["description"]
+    assert {"enum": ["window", "stateful"], "type": "string"} in schema["sampler"]["anyOf"]
+    assert "technique" not in schema and "overrides" not in schema
+    before = len(_api(api, "/flow_runs/filter", {}))
+    for bad in ({"epochs": 0}, {"epochs": "many"}, {"learning_rate": -1}, {"profile": "nightly"}):
+        req = urllib.request.Request(
+            f"{api}/deployments/{deployment['id']}/create_flow_run",
+            data=json.dumps({"parameters": bad}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        assert refused.value.code in (409, 422), bad
+    assert len(_api(api, "/flow_runs/filter", {})) == before
+
+
 def test_a_failed_run_ends_failed_with_an_error_summary(stack):
     api = stack["api"]
     deployment = _deployment(api, "technique", "text_lstm-demo")
-    params = {
-        "technique": "text_lstm",
-        "profile": "demo",
-        "overrides": {"text_lstm.source": "/no/such/corpus.txt"},
-    }
+    params = {"profile": "demo", "source": "/no/such/corpus.txt"}  # the typed form's fields
     run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": params})
     final = _wait_final(api, run["id"])
     assert final["state"]["type"] == "FAILED"
@@ -147,13 +170,7 @@ def test_two_concurrent_runs_of_one_technique_do_not_clobber_each_other(stack):
         _api(
             api,
             f"/deployments/{deployment['id']}/create_flow_run",
-            {
-                "parameters": {
-                    "technique": "text_lstm",
-                    "profile": "demo",
-                    "overrides": {"text_lstm.temperatures": temps, "text_lstm.epochs": 3},
-                }
-            },
+            {"parameters": {"profile": "demo", "temperatures": temps, "epochs": 3}},
         )
         for temps in ([0.25], [0.75])
     ]
@@ -181,6 +198,7 @@ def test_two_concurrent_runs_of_one_technique_do_not_clobber_each_other(stack):
 )
 def test_clicking_run_in_the_ui_starts_a_run_that_completes(stack):
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -217,12 +235,11 @@ def test_clicking_run_in_the_ui_starts_a_run_that_completes(stack):
                 ec.visibility_of_any_elements_located((By.CSS_SELECTOR, ".p-overflow-menu-item"))
             )
             next(i for i in items if i.text.strip() == "Quick run").click()
-            # The flow has a required parameter, so the UI confirms it in a dialog: press its Run.
-            wait.until(
-                ec.element_to_be_clickable(
-                    (By.XPATH, "//div[contains(@class,'p-modal')]//button[normalize-space()='Run']")
-                )
-            ).click()
+            # Every field of the typed form is optional, so Quick run starts the run at once; a
+            # confirmation dialog (a required parameter) would be answered with its Run.
+            confirm = (By.XPATH, "//div[contains(@class,'p-modal')]//button[normalize-space()='Run']")
+            with contextlib.suppress(TimeoutException):
+                WebDriverWait(driver, 5).until(ec.element_to_be_clickable(confirm)).click()
             deadline = time.monotonic() + 60
             while not new and time.monotonic() < deadline:
                 new = [
@@ -256,11 +273,7 @@ def _pids(*needles: bytes) -> list[int]:
 def test_a_worker_killed_mid_training_leaves_the_run_crashed_and_a_rerun_resumes(stack):
     api, repo = stack["api"], stack["repo"]
     deployment = _deployment(api, "technique", "text_lstm-demo")
-    params = {
-        "technique": "text_lstm",
-        "profile": "demo",
-        "overrides": {"text_lstm.epochs": 40, "text_lstm.seed": 4242},
-    }
+    params = {"profile": "demo", "epochs": 40, "seed": 4242}
     slots = repo / "data" / "checkpoints" / "text_lstm"
     before = set(slots.glob("*")) if slots.exists() else set()
     run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": params})

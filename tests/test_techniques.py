@@ -109,5 +109,38 @@ def test_a_hostile_archive_input_fails_in_one_line_and_leaves_nothing(with_test_
     with pytest.raises(GdlError, match="member '../../evil.png' escapes the target folder") as err:
         download("tiny_image", params, log=lambda m: None)
     assert "\n" not in str(err.value)
-    slots = [p for p in (project / "data" / "raw" / "textures").iterdir() if not p.name.endswith(".gdl-lock")]
-    assert slots == [] and not list(project.rglob("evil.png"))
+    assert not (project / "data" / "raw" / "textures").exists()  # no slot, no lock, no empty folder
+    assert not list(project.rglob("evil.png"))
+
+
+def test_a_failed_step_leaves_no_folder_or_lock_file_behind(project):
+    """Issue 7 item 7: a step that fails leaves data/ as it found it, except what a resumable
+    step checkpointed before failing (kept, to resume from)."""
+    from models.files import GdlError
+    from tasks.steps import execute
+
+    done = run_steps("text_lstm")
+    params, upstream = done["params"], done["upstream"]
+    data = project / "data"
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+
+    def fails(t, p, ctx):
+        (ctx.out / "partial.bin").write_bytes(b"half")
+        raise GdlError("boom")
+
+    def fails_at_once(t, p, ctx):
+        raise GdlError("boom")
+
+    changed = {**params, "temperatures": [0.3]}  # a new sample slot, a new run directory
+    with pytest.raises(GdlError, match="boom"):
+        execute("text_lstm", "sample", changed, upstream, fails)
+    retrained = {**params, "learning_rate": 0.02}  # a new, resumable, train slot
+    with pytest.raises(GdlError, match="boom"):
+        execute("text_lstm", "train", retrained, upstream, fails_at_once)
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+    with pytest.raises(GdlError, match="boom"):
+        execute("text_lstm", "train", retrained, upstream, fails)
+    kept = [p for p in (data / "checkpoints" / "text_lstm").rglob("partial.bin")]
+    assert len(kept) == 1  # what a resumable step wrote is kept for the next try
+    assert (kept[0].parent.parent / f".{kept[0].parent.name}.gdl-lock").exists()

@@ -155,10 +155,13 @@ def test_a_resumed_vae_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
     whole = fit(tmp_path / "whole", 2)
     fit(tmp_path / "resumed", 1)
     resumed = fit(tmp_path / "resumed", 2)
-    assert resumed["resumed_from"] == 1 and resumed["history"]["loss"] == whole["history"]["loss"]
+    assert resumed["resumed_from"] == 1
+    # Equal up to the order of multi-threaded float sums on CPU (last digits of a float32); a
+    # lost optimizer state or latent draw would differ in the first digits.
+    np.testing.assert_allclose(resumed["history"]["loss"], whole["history"]["loss"], rtol=1e-5)
     for a, b in zip(
         load_vae(tmp_path / "whole" / FINAL).weights,
         load_vae(tmp_path / "resumed" / FINAL).weights,
         strict=True,
     ):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
