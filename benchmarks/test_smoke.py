@@ -55,6 +55,11 @@ def test_style_transfer_benchmark_prints_its_ratios_as_json():
         assert report[key] > 0
 
 
+def test_gan_step_benchmark_prints_its_ratio_as_json():
+    report = bench("gan_step.py", *("--side", "8", "--width", "0.1", "--batch", "4", "--steps", "2"))
+    assert report["compiled_vs_book"] > 0 and report["book_steps_per_s"] > 0
+
+
 def test_translation_step_benchmark_prints_its_ratios_as_json():
     report = bench(
         "translation_step.py", *("--size", "32", "--gf", "4", "--df", "4", "--batch", "1", "--steps", "2")
