@@ -348,7 +348,7 @@ def optimize_resumable(
 
     report = _Throttled(progress)
     bar = progress_bar(iterations, unit=label)
-    done = start
+    done = saved_at = start
     if start:
         bar.update(start)
     for i in range(start, iterations if not stopped else start):
@@ -358,7 +358,11 @@ def optimize_resumable(
         if bad:
             raise GdlError(
                 f"optimisation diverged at {label} {i + 1}: {', '.join(f'{k}={v}' for k, v in bad.items())}; "
-                f"the checkpoint of {label} {done} is kept"
+                + (
+                    f"the checkpoint of {label} {saved_at} is kept"
+                    if saved_at
+                    else "no checkpoint was written yet"
+                )
             )
         for k, v in metrics.items():
             history.setdefault(k, []).append(v)
@@ -376,6 +380,7 @@ def optimize_resumable(
             )
         if stopped or done % checkpoint_every == 0 or done == iterations:
             save(done, stopped)
+            saved_at = done
         if stopped:
             break
     if done == 0:

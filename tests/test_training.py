@@ -158,7 +158,10 @@ def test_non_finite_loss_stops_with_a_clear_error_keeping_the_last_checkpoint(tm
     def step(i):
         return {"loss": float("nan") if i == 7 else 1.0}
 
-    with pytest.raises(GdlError, match="optimisation diverged at iteration 8: loss=nan"):
+    with pytest.raises(
+        GdlError,
+        match="optimisation diverged at iteration 8: loss=nan; the checkpoint of iteration 5 is kept",
+    ):
         optimize_resumable(
             ckpt_dir=tmp_path, fingerprint="k", variables={"x": x}, step=step, iterations=20,
             checkpoint_every=5, progress=lambda *a: None, log=lambda m: None,
