@@ -18,7 +18,6 @@ discriminators from the same forward pass (as the keras-io CycleGAN does).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from models.translation import (
     score_metrics,
     scores,
     scores_table,
+    train_networks,
     training_batch,
     translator,
     triplets,
@@ -270,7 +270,7 @@ def train(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
     import tensorflow as tf
 
     from models.images import save_png, strip
-    from models.training import configure_runtime, optimize_resumable
+    from models.training import configure_runtime
 
     if p.mixed_precision:
         ctx.log("mixed_precision ignored: CycleGAN trains in float32")
@@ -291,38 +291,21 @@ def train(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
         row = [preview_a[0], fake_b[0], to_a(fake_b)[0], preview_b[0], fake_a[0], to_b(fake_a)[0]]
         save_png(ctx.out / FRAMES / f"step-{i + 1:06d}.png", strip([enlarged(im) for im in row]))
 
-    t0 = time.perf_counter()
-    result = optimize_resumable(
-        ckpt_dir=ctx.out,
-        fingerprint=ctx.key,
-        variables=gan.variables,
-        optimizer=[gan.g_opt, gan.d_opt],
-        step=step,
-        iterations=p.steps,
-        checkpoint_every=p.checkpoint_every,
-        snapshot_every=p.frame_every,
-        snapshot=snapshot,
-        progress=ctx.progress,
-        log=ctx.log,
-        label="step",
+    summary = train_networks(
+        p,
+        ctx,
+        gan,
+        step,
+        snapshot,
+        device,
+        {
+            "generator_parameters": int(gan.g_ab.count_params()),
+            "discriminator_parameters": int(gan.d_a.count_params()),
+        },
     )
-    seconds = time.perf_counter() - t0
     for name, file in WEIGHTS.items():
         getattr(gan, name).save_weights(ctx.out / file)
-    history = result["history"]
-    trained = result["iterations"] - result["resumed_from"]
-    last = slice(-min(20, len(history["g_loss"])), None)
-    final = {
-        **{f"train_{k}": float(np.mean(v[last])) for k, v in history.items()},
-        "steps": result["iterations"],
-        "train_steps_per_s": trained / seconds if trained else None,
-        "generator_parameters": int(gan.g_ab.count_params()),
-        "discriminator_parameters": int(gan.d_a.count_params()),
-        "resumed_from_step": result["resumed_from"],
-        "device": device,
-    }
-    write_json_atomic(ctx.out / HISTORY, {"final": final, "history": history})
-    return {k: v for k, v in final.items() if v is not None}
+    return summary
 
 
 def sample(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:

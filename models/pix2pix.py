@@ -13,7 +13,6 @@ reproducible and resumes exactly.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from models.translation import (
     score_metrics,
     scores,
     scores_table,
+    train_networks,
     training_batch,
     translator,
     triplets,
@@ -178,7 +178,7 @@ def train(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
     import tensorflow as tf
 
     from models.images import save_png, strip
-    from models.training import configure_runtime, optimize_resumable
+    from models.training import configure_runtime
 
     if p.mixed_precision:
         ctx.log("mixed_precision ignored: pix2pix trains in float32")
@@ -200,37 +200,20 @@ def train(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
             strip([enlarged(im) for im in (source[0], translate(source[:1])[0], target[0])]),
         )
 
-    t0 = time.perf_counter()
-    result = optimize_resumable(
-        ckpt_dir=ctx.out,
-        fingerprint=ctx.key,
-        variables=gan.variables,
-        optimizer=[gan.g_opt, gan.d_opt],
-        step=step,
-        iterations=p.steps,
-        checkpoint_every=p.checkpoint_every,
-        snapshot_every=p.frame_every,
-        snapshot=snapshot,
-        progress=ctx.progress,
-        log=ctx.log,
-        label="step",
+    summary = train_networks(
+        p,
+        ctx,
+        gan,
+        step,
+        snapshot,
+        device,
+        {
+            "generator_parameters": int(gan.generator.count_params()),
+            "discriminator_parameters": int(gan.discriminator.count_params()),
+        },
     )
-    seconds = time.perf_counter() - t0
     gan.generator.save_weights(ctx.out / WEIGHTS)
-    history = result["history"]
-    trained = result["iterations"] - result["resumed_from"]
-    last = slice(-min(20, len(history["g_loss"])), None)
-    final = {
-        **{f"train_{k}": float(np.mean(v[last])) for k, v in history.items()},
-        "steps": result["iterations"],
-        "train_steps_per_s": trained / seconds if trained else None,
-        "generator_parameters": int(gan.generator.count_params()),
-        "discriminator_parameters": int(gan.discriminator.count_params()),
-        "resumed_from_step": result["resumed_from"],
-        "device": device,
-    }
-    write_json_atomic(ctx.out / HISTORY, {"final": final, "history": history})
-    return {k: v for k, v in final.items() if v is not None}
+    return summary
 
 
 def sample(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:

@@ -431,6 +431,54 @@ def adam(p: TranslationParams, variables: Sequence[Any]):
     return optimizer
 
 
+def train_networks(
+    p: TranslationParams,
+    ctx: StepContext,
+    gan: Any,
+    step: Callable[[Any], Mapping[str, Any]],
+    snapshot: Callable[[int], None],
+    device: str,
+    sizes: Mapping[str, int],
+) -> dict[str, Any]:
+    """Run a translation technique's compiled `step` with the shared resumable loop (its
+    generators and discriminators in `gan.variables`, both optimizers checkpointed), then write
+    and return the training summary: the last steps' mean losses, speed, `sizes` (parameter
+    counts) and the device."""
+    import time
+
+    from models.training import optimize_resumable
+
+    t0 = time.perf_counter()
+    result = optimize_resumable(
+        ckpt_dir=ctx.out,
+        fingerprint=ctx.key,
+        variables=gan.variables,
+        optimizer=[gan.g_opt, gan.d_opt],
+        step=step,
+        iterations=p.steps,
+        checkpoint_every=p.checkpoint_every,
+        snapshot_every=p.frame_every,
+        snapshot=snapshot,
+        progress=ctx.progress,
+        log=ctx.log,
+        label="step",
+    )
+    seconds = time.perf_counter() - t0
+    history = result["history"]
+    trained = result["iterations"] - result["resumed_from"]
+    last = slice(-min(20, len(history["g_loss"])), None)
+    final = {
+        **{f"train_{k}": float(np.mean(v[last])) for k, v in history.items()},
+        "steps": result["iterations"],
+        "train_steps_per_s": trained / seconds if trained else None,
+        **sizes,
+        "resumed_from_step": result["resumed_from"],
+        "device": device,
+    }
+    write_json_atomic(ctx.out / HISTORY, {"final": final, "history": history})
+    return {k: v for k, v in final.items() if v is not None}
+
+
 def translator(generator, batch: int = 16) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 images -> uint8 translations, through one compiled forward pass per batch."""
     import tensorflow as tf
