@@ -25,7 +25,6 @@ from models.datasets import s3_client
 from models.files import (
     GdlError,
     digest_json,
-    file_lock,
     replace_dir,
     retry,
     s3_endpoint,
@@ -33,7 +32,7 @@ from models.files import (
     sha256_file,
     staging_dir,
 )
-from tasks.steps import MARKER, RUN_INFO, is_complete, read_marker, slot_lock
+from tasks.steps import MARKER, RUN_INFO, guarded_slot, is_complete, read_marker
 
 RESULTS = "prefect-results"
 
@@ -143,7 +142,7 @@ def pull_slot(root: Path, out: Path, key: str, log=print) -> bool:
         marker = json.loads(body)
         if not isinstance(marker, dict) or marker.get("key") != key or marker.get("dir") != rel:
             return False
-        with file_lock(slot_lock(out)):
+        with guarded_slot(root, out):  # a failed fetch leaves no lock or empty folder
             if is_complete(out, key):  # another run of this machine fetched or built it meanwhile
                 return True
             _fetch_slot(client, bucket, _key(prefix, rel), out, marker, body)
