@@ -272,9 +272,9 @@ def train(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
     from models.images import save_png, strip
     from models.training import configure_runtime
 
-    if p.mixed_precision:
-        ctx.log("mixed_precision ignored: CycleGAN trains in float32")
-    device = configure_runtime(p.device, False, ctx.log)
+    device = configure_runtime(
+        p.device, p.mixed_precision, ctx.log, float32_only="CycleGAN trains in float32"
+    )
     domains = load_domains(ctx.upstream["vectorize"])
     gan = CycleGAN(p)
     train_step = make_train_step(gan, p)

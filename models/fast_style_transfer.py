@@ -316,9 +316,9 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
     from models.images import save_png
     from models.training import configure_runtime, optimize_resumable
 
-    if p.mixed_precision:
-        ctx.log("mixed_precision ignored: the perceptual loss is computed in float32")
-    device = configure_runtime(p.device, False, ctx.log)
+    device = configure_runtime(
+        p.device, p.mixed_precision, ctx.log, float32_only="the perceptual loss is computed in float32"
+    )
     photos = load_photos(ctx.upstream["vectorize"])
     style = np.load(ctx.upstream["vectorize"] / STYLE)
     keras.utils.set_random_seed(p.seed)  # the same network (and random backbone) on resume

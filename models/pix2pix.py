@@ -180,9 +180,7 @@ def train(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
     from models.images import save_png, strip
     from models.training import configure_runtime
 
-    if p.mixed_precision:
-        ctx.log("mixed_precision ignored: pix2pix trains in float32")
-    device = configure_runtime(p.device, False, ctx.log)
+    device = configure_runtime(p.device, p.mixed_precision, ctx.log, float32_only="pix2pix trains in float32")
     domains = load_domains(ctx.upstream["vectorize"])
     gan = Pix2Pix(p)
     train_step = make_train_step(gan, p)

@@ -342,9 +342,12 @@ def train(p: StyleTransferParams, ctx: StepContext) -> dict[str, Any]:
     from models.images import save_png
     from models.training import configure_runtime, optimize_resumable
 
-    if p.mixed_precision:
-        ctx.log("mixed_precision ignored: the image and its loss stay in float32 (L-BFGS needs float64)")
-    device = configure_runtime(p.device, False, ctx.log)
+    device = configure_runtime(
+        p.device,
+        p.mixed_precision,
+        ctx.log,
+        float32_only="the image and its loss stay in float32 (L-BFGS needs float64)",
+    )
     content = np.load(ctx.upstream["vectorize"] / CONTENT)
     style = np.load(ctx.upstream["vectorize"] / STYLE)
     keras.utils.set_random_seed(p.seed)  # weights_source=none: the same random backbone on resume

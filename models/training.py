@@ -40,8 +40,12 @@ PROGRESS_EVERY = 1.0  # seconds between progress(...) calls inside an epoch or a
 ProgressFn = Callable[[float, int, Mapping[str, float]], None]
 
 
-def configure_runtime(device: str, mixed_precision: bool, log: Callable[[str], None]) -> str:
-    """Apply device / precision choices; return the device actually used ('cpu' or 'gpu')."""
+def configure_runtime(
+    device: str, mixed_precision: bool, log: Callable[[str], None], float32_only: str = ""
+) -> str:
+    """Apply device / precision choices; return the device actually used ('cpu' or 'gpu').
+    `float32_only`: why this technique cannot use mixed precision (then a request is logged
+    with that reason and ignored)."""
     import keras
     import tensorflow as tf
 
@@ -57,6 +61,9 @@ def configure_runtime(device: str, mixed_precision: bool, log: Callable[[str], N
                 "or with CUDA_VISIBLE_DEVICES=''"
             ) from None
     used = "gpu" if gpus and device != "cpu" else "cpu"
+    if mixed_precision and float32_only:
+        log(f"mixed_precision ignored: {float32_only}")
+        mixed_precision = False
     if mixed_precision and used == "gpu":
         keras.mixed_precision.set_global_policy("mixed_float16")
     else:
@@ -241,8 +248,16 @@ def fit_resumable(
 
 def model_variables(**models: Any) -> dict[str, Any]:
     """Every weight of these Keras models (trainable or not: batch-norm statistics too), named
-    for a checkpoint: `generator/0003`. Pass the result as `optimize_resumable`'s variables."""
-    return {f"{name}/{i:04d}": v for name, model in models.items() for i, v in enumerate(model.weights)}
+    for a checkpoint: `generator/0003`, and their dropout layers' seed-generator states (not in
+    `model.weights`; without them a resumed run would draw other dropout masks): `generator/seed00`.
+    Pass the result as `optimize_resumable`'s variables."""
+    weights = {f"{name}/{i:04d}": v for name, model in models.items() for i, v in enumerate(model.weights)}
+    seeds = {
+        f"{name}/seed{i:02d}": v
+        for name, model in models.items()
+        for i, v in enumerate(v for v in model.variables if "seed_generator_state" in v.path)
+    }
+    return {**weights, **seeds}
 
 
 def _optimizer_list(optimizer: Any) -> list[Any]:

@@ -403,9 +403,9 @@ def train(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
     from models.quality import classifier_predict, save_classifier, train_digits_classifier
     from models.training import configure_runtime, fit_resumable
 
-    if p.mixed_precision:
-        ctx.log("mixed_precision ignored: the VAE's losses are computed in float32")
-    device = configure_runtime(p.device, False, ctx.log)
+    device = configure_runtime(
+        p.device, p.mixed_precision, ctx.log, float32_only="the VAE's losses are computed in float32"
+    )
     processed = ctx.upstream["vectorize"]
     info = image_set_info(processed)
     x, y = load_image_set(processed, "train")

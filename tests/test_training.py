@@ -230,7 +230,12 @@ def _two_player(ckpt, fail_at=None):
     from models.training import model_variables
 
     keras.utils.set_random_seed(3)
-    layers = [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()]
+    layers = [
+        keras.Input((4,)),
+        keras.layers.Dense(3),
+        keras.layers.BatchNormalization(),
+        keras.layers.Dropout(0.5, seed=1),
+    ]
     a = keras.Sequential(layers, name="a")
     b = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)], name="b")
     opt_a, opt_b = keras.optimizers.Adam(0.05), keras.optimizers.RMSprop(0.01)
@@ -277,6 +282,7 @@ def _two_player(ckpt, fail_at=None):
 def test_two_networks_with_two_optimizers_resume_to_the_same_weights(tmp_path):
     straight = _two_player(tmp_path / "a")
     assert any("/" in k and k.startswith("a/") for k in straight)  # batch-norm statistics included
+    assert "a/seed00" in straight  # the dropout masks after a resume are the uninterrupted run's
     with pytest.raises(Interrupt):
         _two_player(tmp_path / "b", fail_at=12)
     resumed = _two_player(tmp_path / "b")
