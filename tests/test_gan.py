@@ -234,3 +234,25 @@ def test_interpolation_strips_run_from_one_latent_to_the_other_linear_and_spheri
     shell = (np.linalg.norm(z1) + np.linalg.norm(z2)) / 2
     assert np.linalg.norm(linear[5]) < 0.9 * shell
     assert abs(np.linalg.norm(spherical[5]) - shell) < 0.1 * shell
+
+
+def test_legibility_is_the_classifiers_sure_share_of_generated_and_of_real_held_out_digits(project):
+    """The sample step's `legible_fraction` (generated digits) and `heldout_legible_fraction`
+    (real held-out digits, the ceiling) agree with the saved classifier and split."""
+    from conftest import run_steps
+
+    from models.gan import CLASSIFIER, LEGIBLE, QUALITY
+    from models.imagesets import load_image_set
+    from models.quality import classifier_predict, load_classifier
+    from tasks.steps import local_dir
+
+    # Enough digits and epochs for a classifier that is sure of some digits and unsure of others.
+    steps = run_steps("gan", limit=800, classifier_epochs=3)
+    upstream = {k: local_dir(project, steps["upstream"][k]) for k in ("vectorize", "sample")}
+    quality = json.loads((upstream["sample"] / QUALITY).read_text())
+    held, _ = load_image_set(upstream["vectorize"], "heldout")
+    sure = classifier_predict(load_classifier(upstream["vectorize"] / CLASSIFIER), (held + 1) / 2).max(axis=1)
+    assert quality["heldout_legible_fraction"] == pytest.approx(float((sure >= LEGIBLE).mean()))
+    assert quality["heldout_classifier_confidence"] == pytest.approx(float(sure.mean()))
+    # A share of confidences >= LEGIBLE can be no larger than their mean / LEGIBLE (Markov).
+    assert 0 <= quality["legible_fraction"] <= quality["classifier_confidence"] / LEGIBLE + 1e-9
