@@ -146,15 +146,54 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is: Prefect marks the run crashed, the temporary server stops."""
 
 
-def _stop_on_sigterm() -> None:
-    import signal
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM stop a run: the handler raises KeyboardInterrupt (Terminated
+    for SIGTERM), and Prefect marks the run crashed and the temporary server stops.
 
-    def terminated(signum, frame):
-        raise Terminated
+    Such an exception can be lost: once in CI, a run went on training to the end after its one
+    SIGINT. (A likely way: Prefect runs some callbacks in the waiting main thread inside `except
+    BaseException`, its concurrency `Call`s, and keeps what they raise in a future nobody reads.)
+    So after a signal, until `main` is done with the command (`finish()`), it is delivered again
+    every `period` seconds.
+    """
 
-    # Prefect's engine swaps in its own handler during a flow, and calls this one after marking
-    # the run: without it, the default action kills gdl and orphans the temporary server.
-    signal.signal(signal.SIGTERM, terminated)
+    def __init__(self, period: float = 10.0):
+        import threading
+
+        self.period = period
+        self.done = threading.Event()
+        self.reminder: threading.Thread | None = None
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        self.done, self.reminder = threading.Event(), None
+        # Prefect's engine swaps in its own SIGTERM handler during a flow and calls this one after
+        # marking the run: without it, the default action kills gdl and orphans the temporary server.
+        signal.signal(signal.SIGTERM, self.handler)
+        signal.signal(signal.SIGINT, self.handler)
+
+    def handler(self, signum, frame):
+        import signal
+        import threading
+
+        if self.reminder is None and not self.done.is_set():
+            self.reminder = threading.Thread(target=self._remind, args=(signum, self.done), daemon=True)
+            self.reminder.start()
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    def _remind(self, signum: int, done) -> None:
+        import _thread
+
+        while not done.wait(self.period):
+            _thread.interrupt_main(signum)
+
+    def finish(self) -> None:
+        self.done.set()
+
+
+STOP = StopSignals()
 
 
 def _shown(path: Path) -> str:
@@ -187,7 +226,7 @@ def cmd_run(args) -> None:
     root = project_root()
     profile = args.profile or _profile_default()
     run_log = _run_logging(args.verbose)
-    _stop_on_sigterm()
+    STOP.install()
     try:
         _run_flow(args, root, profile, overrides, nightly_flow, technique_flow)
     except GdlError as exc:
@@ -394,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         terminated = isinstance(exc, Terminated)
         print(f"gdl: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
+    finally:
+        STOP.finish()
     return 0
 
 

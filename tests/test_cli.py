@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from conftest import gdl
 
@@ -51,3 +53,36 @@ def test_a_dataset_dvc_yaml_does_not_track_is_refused_by_the_stage(project):
     assert "catalog entry mnist for text_lstm, which dvc.yaml does not track" in result.stderr
     assert "gdl dvc-yaml --write" in result.stderr
     assert not (project / "data").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_that_a_library_swallows_is_delivered_again_until_gdl_is_done(signum):
+    """Ctrl-C or SIGTERM raised where a library catches BaseException (as Prefect's concurrency
+    calls do) would leave the run going: gdl delivers it again until its command is done."""
+    import os
+    import time
+
+    from flows.cli import StopSignals, Terminated
+
+    expected = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopSignals(period=0.2)
+    stop.install()
+    swallowed = []
+    try:
+        with pytest.raises(expected):
+            try:
+                os.kill(os.getpid(), signum)
+                time.sleep(5)  # the handler raises here
+            except BaseException as exc:  # a library losing the interrupt
+                swallowed.append(exc)
+            for _ in range(50):  # "training goes on": the interrupt comes again within a period
+                time.sleep(0.1)
+        assert len(swallowed) == 1 and isinstance(swallowed[0], expected)
+        stop.finish()
+        stop.reminder.join(2)
+        assert not stop.reminder.is_alive()  # once gdl is done, nothing more is delivered
+    finally:
+        stop.finish()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
