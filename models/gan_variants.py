@@ -20,6 +20,7 @@ networks trained for fewer steps, each under 3 minutes on 2 CPU cores.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -322,14 +323,10 @@ class WganParams(DigitsParams):
 
     def recipe(self, num_classes: int = 0) -> Recipe:
         # The variant picks the critic's constraint: one of the two, never both.
-        return Recipe(
-            latent_dim=self.latent_dim,
-            loss=self.loss,
-            n_critic=self.n_critic,
-            label_noise=self.label_noise,
+        return replace(
+            super().recipe(num_classes),
             clip_value=self.clip_value if self.variant == "clip" else 0.0,
             gp_weight=self.gp_weight if self.variant == "gp" else 0.0,
-            num_classes=num_classes,
         )
 
     def architecture(self) -> str:
