@@ -1,6 +1,6 @@
 """adversarial: the compiled attack step against the same step run eagerly, one call per step.
 
-Both run the targeted attack of models/adversarial.py (the demo's sign step towards class 386)
+Both run the targeted attack of models/techniques/adversarial.py (the demo's sign step towards class 386)
 on chelsea's eval crop with the offline ImageNet MobileNetV2, from the same start, for the same
 number of steps:
   compiled  `targeted_step`: one tf.function (gradient, step, projection), traced once
@@ -26,16 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from models.adversarial import (  # noqa: E402
+from models.core.images import load_image  # noqa: E402
+from models.inputs.offline import packaged_file  # noqa: E402
+from models.techniques.adversarial import (  # noqa: E402
     DEMO,
     AdversarialParams,
     load_classifier,
     pixel_bounds,
     targeted_step,
 )
-from models.backbones import eval_crop, offline_mobilenet_v2_path, preprocess  # noqa: E402
-from models.images import load_image  # noqa: E402
-from models.offline import packaged_file  # noqa: E402
+from models.toolkit.backbones import eval_crop, offline_mobilenet_v2_path, preprocess  # noqa: E402
 
 
 def eager_step(model, image, original, p: AdversarialParams):

@@ -4,7 +4,7 @@ Both run the same steps on the same image through the same feature model (the of
 MobileNetV2 with the demo's layers, or random weights with --random-weights):
   eager     GradientTape and the update run op by op in Python each step (what the book's
             `K.function` loop becomes in TensorFlow 2 without `tf.function`)
-  compiled  models.deepdream.make_ascent_step: one tf.function traced once for every octave size
+  compiled  models.techniques.deepdream.make_ascent_step: one tf.function traced once for every octave size
 Each is timed over the demo's octave sizes after one untimed warm-up step per size (the compiled
 step traces once, on the first); the images they end with are compared too.
 
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from models import offline  # noqa: E402
-from models.datasets import get_dataset  # noqa: E402
-from models.deepdream import DEMO, dream_loss, make_ascent_step, octave_shapes, resize_float  # noqa: E402
+from models.inputs import offline  # noqa: E402
+from models.inputs.catalog import get_dataset
+from models.techniques.deepdream import DEMO, dream_loss, make_ascent_step, octave_shapes, resize_float  # noqa: E402
 
 
 def eager_step(features, layers, border: int, step: float):
@@ -70,8 +70,8 @@ def main() -> None:
     ap.add_argument("--random-weights", action="store_true", help="skip reading the ImageNet weights")
     args = ap.parse_args()
 
-    from models.backbones import feature_model, load_backbone, offline_mobilenet_v2_path, preprocess
-    from models.images import load_image, resize
+    from models.core.images import load_image, resize
+    from models.toolkit.backbones import feature_model, load_backbone, offline_mobilenet_v2_path, preprocess
 
     dataset = get_dataset("chelsea")
     photo = resize(

@@ -4,8 +4,8 @@ Both train the same networks (the same initial weights) on the same batch size:
   book      generator.predict(noise), D.train_on_batch on the real batch and on the generated
             batch, then the combined model's (G -> frozen D) train_on_batch: four Keras calls, two
             host round trips of images per step (Vasilev's and the Cookbook's loops)
-  compiled  models.gan.make_train_step: D's and G's updates in one tf.function, with the
-            batch's randomness drawn on the host (models.gan.draw_batch) as the pipeline does
+  compiled  make_train_step (models/techniques/gan/): D's and G's updates in one tf.function,
+            with the batch's randomness drawn on the host (draw_batch) as the pipeline does
 Each is timed over `--steps` steps after untimed warm-up steps (tracing, Keras' own compilation).
 
 The last line printed is one JSON object with the timings and the ratio.
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from models.gan import Recipe, draw_batch, make_optimizer, make_train_step  # noqa: E402
-from models.gan_networks import ARCHITECTURES  # noqa: E402
+from models.techniques.gan.networks import ARCHITECTURES  # noqa: E402
+from models.techniques.gan.trainer import Recipe, draw_batch, make_optimizer, make_train_step
 
 WARMUP = 3
 

@@ -31,13 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from models.backbones import offline_mobilenet_v2_path, preprocess  # noqa: E402
-from models.datasets import get_dataset  # noqa: E402
-from models.fast_style_transfer import DEMO as FAST_DEMO  # noqa: E402
-from models.fast_style_transfer import Stylizer, build_transformer  # noqa: E402
-from models.offline import packaged_file  # noqa: E402
-from models.perceptual import content_loss, gram_matrix, style_loss, total_variation_loss  # noqa: E402
-from models.style_transfer import (  # noqa: E402
+from models.inputs.catalog import get_dataset
+from models.inputs.offline import packaged_file  # noqa: E402
+from models.techniques.style.fast_style_transfer import DEMO as FAST_DEMO  # noqa: E402
+from models.techniques.style.fast_style_transfer import Stylizer, build_transformer  # noqa: E402
+from models.techniques.style.perceptual import content_loss, gram_matrix, style_loss, total_variation_loss  # noqa: E402
+from models.techniques.style.style_transfer import (  # noqa: E402
     DEMO,
     Objective,
     StyleTransferParams,
@@ -45,6 +44,7 @@ from models.style_transfer import (  # noqa: E402
     load_pair,
     loss_weights,
 )
+from models.toolkit.backbones import offline_mobilenet_v2_path, preprocess  # noqa: E402
 
 BACKBONE = "mobilenet_v2"
 

@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from models import offline  # noqa: E402
-from models.datasets import decode_text, get_dataset  # noqa: E402
-from models.text_lstm import TextSampler, build_model, encode, reweight, split_starts  # noqa: E402
+from models.inputs import offline  # noqa: E402
+from models.inputs.catalog import get_dataset
+from models.inputs.formats import decode_text
+from models.techniques.text_lstm import TextSampler, build_model, encode, reweight, split_starts  # noqa: E402
 
 
 def book_vectorize(text: str, maxlen: int, step: int):

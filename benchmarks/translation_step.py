@@ -6,8 +6,8 @@
             generators, frozen discriminators; MSE, MAE x lambda_cycle, MAE x lambda_id) by one
             more; pix2pix the same way (one discriminator on stacked pairs, combined model with
             the adversarial loss + 100 x L1). No history pool (the book leaves it out).
-  compiled  models.cyclegan.make_train_step / models.pix2pix.make_train_step: one tf.function
-            per step, both networks' updates from one forward pass, the pool included.
+  compiled  make_train_step of models/techniques/translation/cyclegan.py and pix2pix.py: one
+            tf.function per step, both networks' updates from one forward pass, the pool included.
 Both are timed after an untimed warm-up step (tracing); the same random batches for both.
 
 The last line printed is one JSON object with the timings and the ratios.

@@ -10,8 +10,9 @@ import re
 import sys
 from pathlib import Path
 
-from models.files import GdlError, s3_endpoint
-from models.params import PROFILES, STEPS
+from models.core.errors import GdlError
+from models.core.files import s3_endpoint
+from models.core.params import PROFILES, STEPS
 
 # What TensorFlow's native code prints on every CPU run (it probes for CUDA; its logging starts
 # before TF_CPP_MIN_LOG_LEVEL is read): dropped from the console, nothing else is.
@@ -204,7 +205,7 @@ def _shown(path: Path) -> str:
 
 
 def cmd_list(args) -> None:
-    from models.registry import techniques
+    from models.core.registry import techniques
 
     for name, t in techniques().items():
         print(f"{name}\t{', '.join(t.dataset_names)}\t{t.summary}")
@@ -251,7 +252,7 @@ def _run_flow(args, root: Path, profile: str, overrides, nightly_flow, technique
 
 def _profile_default() -> str:
     from flows.config import params_path
-    from models.params import active_profile, read_params_file
+    from models.core.params import active_profile, read_params_file
 
     return active_profile(read_params_file(params_path()), None)
 
@@ -278,7 +279,7 @@ def _check_dvc_tracks_inputs(technique: str, params: dict) -> None:
     selects but dvc.yaml does not declare would go unnoticed: refuse, saying how to fix it."""
     import yaml
 
-    from models.registry import get
+    from models.core.registry import get
     from tasks.steps import project_root
 
     dvc_yaml = project_root() / "dvc.yaml"

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from models.files import GdlError
-from models.params import (
+from models.core.errors import GdlError
+from models.core.params import (
     active_profile,
     parse_overrides,
     profile_values,
@@ -16,7 +16,7 @@ from models.params import (
     render_reference,
     validate,
 )
-from models.registry import get, techniques
+from models.core.registry import get, techniques
 from tasks.steps import project_root, resolve_inputs
 
 PARAMS_FILE = "params.yaml"

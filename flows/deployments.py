@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from models.registry import techniques
+from models.core.registry import techniques
 
 CPU_POOL, GPU_POOL = "cpu", "gpu"
 DEFAULT_CRON, DEFAULT_TIMEZONE = "0 2 * * *", "UTC"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from models.datasets import CATALOG
-from models.params import STEPS
-from models.registry import techniques
+from models.core.params import STEPS
+from models.core.registry import techniques
+from models.inputs.catalog import CATALOG
 from tasks.steps import DVC_SLOT, UPSTREAM, run_dir, step_code_files, step_dir
 
 HEADER = (
@@ -26,8 +26,8 @@ def tracked_datasets(root: Path, name: str) -> list[str]:
     """The catalog entries a technique's download stage declares: those of its book and demo
     settings, and those params.yaml selects in either profile."""
     from flows.config import resolve_params
-    from models.files import GdlError
-    from models.params import PROFILES
+    from models.core.errors import GdlError
+    from models.core.params import PROFILES
 
     t = techniques()[name]
     found = list(t.dataset_names)

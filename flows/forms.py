@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal
 from prefect import Flow, flow
 
 from flows.pipeline import technique_flow
-from models.params import PROFILES
-from models.registry import Technique, techniques
+from models.core.params import PROFILES
+from models.core.registry import Technique, techniques
 
 Profile = Literal[PROFILES]  # type: ignore[valid-type]
 

@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow
 
 from flows.config import resolve_params
-from models.files import GdlError
-from models.registry import techniques
+from models.core.errors import GdlError
+from models.core.registry import techniques
 from tasks._prefect import call, report_failure
 from tasks.download import download
 from tasks.publish import publish

@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 
 from flows.deployments import CPU_POOL, GPU_POOL
-from models.files import GdlError, env_number
+from models.core.errors import GdlError
+from models.core.files import env_number
 
 
 def _prefect() -> str:

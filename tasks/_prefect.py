@@ -8,7 +8,8 @@ from typing import Any
 
 from prefect.context import TaskRunContext
 
-from models.files import GdlError, RetryableError, env_number
+from models.core.errors import GdlError, RetryableError
+from models.core.files import env_number
 from tasks.steps import (
     Manifest,
     execute,

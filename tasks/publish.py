@@ -29,10 +29,8 @@ from typing import Any
 
 from prefect import task
 
-from models.datasets import redact, s3_client, s3_error_text, s3_error_transient
-from models.files import (
-    GdlError,
-    RetryableError,
+from models.core.errors import GdlError, RetryableError
+from models.core.files import (
     dir_manifest,
     env_number,
     replace_dir,
@@ -44,9 +42,18 @@ from models.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from models.gallery import GALLERY, collect_runs, local_runs, render_gallery
-from models.registry import get
-from models.report import RESERVED, Provenance, artifact_plan, history_csv, render_html, report_files
+from models.core.registry import get
+from models.inputs.catalog import redact
+from models.inputs.s3 import s3_client, s3_error_text, s3_error_transient
+from models.reporting.gallery import GALLERY, collect_runs, local_runs, render_gallery
+from models.reporting.report import (
+    RESERVED,
+    Provenance,
+    artifact_plan,
+    history_csv,
+    render_html,
+    report_files,
+)
 from tasks._prefect import PERSISTED, artifact_key, in_run, logger, network_retries
 from tasks.steps import MARKER, Manifest, data_dir, git_version, local_dir, project_root, run_dir_of
 
@@ -304,7 +311,7 @@ def _bucket_runs(client, target: Target) -> dict[str, list[dict[str, Any]]]:
 
 
 def _artifacts(technique: str, run: Path, built: Mapping[str, Any], published: str) -> None:
-    """What the Prefect UI shows, as the report describes it (models.report.artifact_plan)."""
+    """What the Prefect UI shows, as the report describes it (models.reporting.report.artifact_plan)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     where = (
@@ -348,7 +355,7 @@ def run(
 
 
 def _publish_key(context, parameters) -> str:
-    from models.files import digest_json
+    from models.core.files import digest_json
     from tasks.steps import step_key
 
     return digest_json(

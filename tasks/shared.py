@@ -21,9 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from models.datasets import s3_client
-from models.files import (
-    GdlError,
+from models.core.errors import GdlError
+from models.core.files import (
     digest_json,
     replace_dir,
     retry,
@@ -32,6 +31,7 @@ from models.files import (
     sha256_file,
     staging_dir,
 )
+from models.inputs.s3 import s3_client
 from tasks.steps import MARKER, RUN_INFO, guarded_slot, is_complete, read_marker
 
 RESULTS = "prefect-results"

@@ -14,7 +14,7 @@ technique's inputs in `data/raw/dvc/<technique>/<input>/`.
 
 A step's key is the digest of: the technique, the step, its params (the fields of this step and
 of every earlier one), the content digests of its upstream outputs, and the code version of the
-step function (models.codeversion: the code it runs, not the module it lives in).
+step function (models.core.codeversion: the code it runs, not the module it lives in).
 """
 
 from __future__ import annotations
@@ -30,18 +30,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from models import codeversion
-from models.datasets import (
-    Dataset,
-    describe_source,
-    fetch,
-    get_dataset,
-    identity,
-    redact,
-    resolve_location,
-)
-from models.files import (
-    GdlError,
+from models.core import codeversion
+from models.core.errors import GdlError
+from models.core.files import (
     digest_json,
     dir_manifest,
     file_lock,
@@ -52,7 +43,9 @@ from models.files import (
     staging_dir,
     write_json_atomic,
 )
-from models.registry import StepContext, Technique, get
+from models.core.registry import StepContext, Technique, get
+from models.inputs.catalog import Dataset, describe_source, get_dataset, identity, redact, resolve_location
+from models.inputs.fetch import fetch
 
 AREAS = {"download": "raw", "vectorize": "processed", "train": "checkpoints", "sample": "runs"}
 UPSTREAM = {
@@ -94,7 +87,7 @@ def _roots(technique: str, step: str) -> list[tuple[str, str]]:
 
 
 def code_version(technique: str, step: str) -> str:
-    """Digest of the code `step` runs for `technique` (see models.codeversion)."""
+    """Digest of the code `step` runs for `technique` (see models.core.codeversion)."""
     return codeversion.digest(_roots(technique, step))
 
 
@@ -103,7 +96,7 @@ def step_code_files(technique: str, step: str) -> list[Path]:
     download, also the offline loaders of the technique's datasets)."""
     roots = _roots(technique, step)
     if step == "download":
-        from models import offline
+        from models.inputs import offline
 
         for name in get(technique).dataset_names:
             entry = get_dataset(name).offline

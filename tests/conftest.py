@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(items):
 
 def tiny(technique: str) -> dict:
     """The technique's tiny setting: seconds on a CPU, every code path."""
-    from models.registry import get
+    from models.core.registry import get
 
     return dict(get(technique).tiny_overrides)
 
@@ -64,7 +64,7 @@ def tiny(technique: str) -> dict:
 def write_params(root: Path, **text_lstm) -> Path:
     """params.yaml for a scratch project: every registered technique's demo profile made tiny."""
     from flows.config import render_params
-    from models.registry import techniques
+    from models.core.registry import techniques
 
     data = yaml.safe_load(render_params())
     for name, t in techniques().items():

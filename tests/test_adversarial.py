@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from conftest import run_steps
 
-from models.adversarial import (
+from models.core.errors import GdlError
+from models.core.images import load_image, save_png
+from models.core.registry import StepContext, get
+from models.inputs.offline import packaged_file
+from models.techniques.adversarial import (
     ATTACKED,
     DEMO,
     PNG,
@@ -23,11 +27,7 @@ from models.adversarial import (
     sweep,
     to_levels,
 )
-from models.backbones import eval_crop, input_step, offline_mobilenet_v2_path, preprocess
-from models.files import GdlError
-from models.images import load_image, save_png
-from models.offline import packaged_file
-from models.registry import StepContext, get
+from models.toolkit.backbones import eval_crop, input_step, offline_mobilenet_v2_path, preprocess
 
 ELEPHANT = 386
 CATS = range(281, 286)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from models import archives
-from models.archives import ArchiveLimits, archive_format, extract_archive
-from models.files import GdlError
+from models.core.errors import GdlError
+from models.inputs import archives
+from models.inputs.archives import ArchiveLimits, archive_format, extract_archive
 
 CONTENT = {"facades/train/1.jpg": b"one" * 100, "facades/test/2.jpg": b"two" * 50, "README": b"hi"}
 METADATA = {"__MACOSX/facades/._1.jpg": b"junk", "facades/.DS_Store": b"junk"}

@@ -11,7 +11,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from models.backbones import (
+from models.core.errors import GdlError
+from models.toolkit.backbones import (
     BACKBONES,
     build_mobilenet_v2,
     check_layers,
@@ -25,8 +26,7 @@ from models.backbones import (
     offline_mobilenet_v2_path,
     preprocess,
 )
-from models.files import GdlError
-from models.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL, read_state_dict
+from models.toolkit.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL, read_state_dict
 
 
 @pytest.fixture(scope="module")

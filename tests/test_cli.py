@@ -7,7 +7,7 @@ import signal
 import pytest
 from conftest import gdl
 
-from models.registry import techniques
+from models.core.registry import techniques
 
 
 def test_list_prints_each_technique_name_first(project):

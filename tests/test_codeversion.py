@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from models import codeversion
+from models.core import codeversion
 from tasks.steps import _roots, code_version
 
 MODULE = '''
@@ -174,9 +174,17 @@ def test_text_lstm_training_does_not_depend_on_its_sampler_or_report():
     train = codeversion.closure(_roots("text_lstm", "train"))
     sample = codeversion.closure(_roots("text_lstm", "sample"))
     publish = codeversion.closure(_roots("text_lstm", "publish"))
-    assert "models.text_lstm:train" in train and "models.training:fit_resumable" in train
-    assert "models.text_lstm:TextSampler" not in train and "models.text_lstm:report" not in train
-    assert not any(label.startswith(("models.report:", "models.gallery:")) for label in train)
-    assert "models.text_lstm:TextSampler" in sample
-    assert "models.report:render_html" in publish and "models.gallery:render_gallery" in publish
+    assert "models.techniques.text_lstm:train" in train and "models.toolkit.training:fit_resumable" in train
+    assert (
+        "models.techniques.text_lstm:TextSampler" not in train
+        and "models.techniques.text_lstm:report" not in train
+    )
+    assert not any(
+        label.startswith(("models.reporting.report:", "models.reporting.gallery:")) for label in train
+    )
+    assert "models.techniques.text_lstm:TextSampler" in sample
+    assert (
+        "models.reporting.report:render_html" in publish
+        and "models.reporting.gallery:render_gallery" in publish
+    )
     assert code_version("text_lstm", "train") != code_version("text_lstm", "sample")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from test_pix2pix import shapes_photo
 
-from models.cyclegan import TINY, CycleGANParams, HistoryPool
-from models.images import save_png
-from models.registry import StepContext, get
-from models.translation import load_domains
+from models.core.images import save_png
+from models.core.registry import StepContext, get
+from models.techniques.translation.common import load_domains
+from models.techniques.translation.cyclegan import TINY, CycleGANParams, HistoryPool
 
 
 def _query(pool: HistoryPool, fakes: np.ndarray, step: int) -> np.ndarray:
@@ -64,10 +64,10 @@ def test_a_killed_training_run_resumes_to_the_same_weights_optimizer_state_and_p
     optimizer slot) would be lost and the resumed run would end elsewhere."""
     import tensorflow as tf
 
-    from models.cyclegan import CycleGAN, batches, make_train_step
-    from models.training import optimize_resumable
+    from models.techniques.translation.cyclegan import CycleGAN, batches, make_train_step
+    from models.toolkit.training import optimize_resumable
 
-    monkeypatch.setattr("models.training.PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr("models.toolkit.training.PROGRESS_EVERY", 0.0)
     t = get("cyclegan")
     photos, proc = tmp_path / "photos", tmp_path / "proc"
     photos.mkdir()

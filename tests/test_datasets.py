@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import Fixtures
 
-from models import datasets
-from models.datasets import FetchPolicy, decode_text, get_dataset, resolve_location
-from models.files import GdlError
+from models.core.errors import GdlError
+from models.inputs import catalog as catalog_module
+from models.inputs import fetch as datasets
+from models.inputs import formats
+from models.inputs.catalog import get_dataset, resolve_location
+from models.inputs.fetch import FetchPolicy
+from models.inputs.formats import decode_text
 
 FAST = FetchPolicy(attempts=3, backoff=0.05, timeout=1.0)
 
@@ -229,8 +233,8 @@ def test_editing_one_catalog_entry_changes_only_that_entrys_downloads(tmp_path, 
     from tasks.steps import input_key
 
     catalog = tmp_path / "catalog.yaml"
-    shutil.copy(datasets.CATALOG, catalog)
-    monkeypatch.setattr(datasets, "CATALOG", catalog)
+    shutil.copy(catalog_module.CATALOG, catalog)
+    monkeypatch.setattr(catalog_module, "CATALOG", catalog)
 
     def keys() -> dict[str, str]:
         return {
@@ -268,8 +272,8 @@ def test_an_edited_local_source_gets_a_new_download_key(tmp_path):
 def test_folder_and_array_inputs_from_s3_and_local_sources(tmp_path, s3):
     import numpy as np
 
-    from models.files import npz_bytes
-    from models.images import png_bytes
+    from models.core.files import npz_bytes
+    from models.core.images import png_bytes
 
     client, bucket = s3
     picture = png_bytes(np.zeros((8, 8, 3), np.uint8))
@@ -284,13 +288,13 @@ def test_folder_and_array_inputs_from_s3_and_local_sources(tmp_path, s3):
     npz = tmp_path / "digits.npz"
     npz.write_bytes(npz_bytes({"x_train": np.zeros((2, 28, 28), np.uint8)}))
     fetch(mnist, str(npz), tmp_path / "n", tmp_path)
-    assert datasets.load_arrays(tmp_path / "n" / "mnist.npz")["x_train"].shape == (2, 28, 28)
+    assert formats.load_arrays(tmp_path / "n" / "mnist.npz")["x_train"].shape == (2, 28, 28)
     import gzip
 
     idx = tmp_path / "labels.idx1-ubyte.gz"
     idx.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([7, 1, 4])))
     fetch(mnist, str(idx), tmp_path / "i", tmp_path)
-    assert datasets.load_arrays(tmp_path / "i" / "mnist.npz")["data"].tolist() == [7, 1, 4]
+    assert formats.load_arrays(tmp_path / "i" / "mnist.npz")["data"].tolist() == [7, 1, 4]
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(GdlError, match="pickled.npz"):
@@ -308,7 +312,7 @@ def test_offline_image_folder_weights_and_digits_land_checked(tmp_path):
     got = fetch(get_dataset("chelsea"), "offline", tmp_path / "c", tmp_path)
     assert got["sha256"] == get_dataset("chelsea").sha256  # the packaged file is the remote one
     digits = fetch(get_dataset("mnist"), "offline", tmp_path / "m", tmp_path)
-    arrays = datasets.load_arrays(tmp_path / "m" / "mnist.npz")
+    arrays = formats.load_arrays(tmp_path / "m" / "mnist.npz")
     assert arrays["x_train"].shape == (4000, 28, 28) and sorted(set(arrays["y_test"].tolist())) == list(
         range(10)
     )

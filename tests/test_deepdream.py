@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import run_steps, steps_in_own_project
 
-import models.deepdream as dd
-from models.files import GdlError
-from models.images import load_image, png_bytes
+import models.techniques.deepdream as dd
+from models.core.errors import GdlError
+from models.core.images import load_image, png_bytes
 
 ROOT_MARKER = ".step.json"
 
@@ -132,7 +132,7 @@ def test_a_killed_dream_resumes_in_its_octave_and_matches_an_uninterrupted_one(d
 
 
 def test_the_compiled_step_is_traced_once_for_every_octave_size():
-    from models.backbones import feature_model, load_backbone
+    from models.toolkit.backbones import feature_model, load_backbone
 
     backbone, _ = load_backbone("mobilenet_v2", None)
     layers = {"block_5": 1.0, "block_9": 2.0}

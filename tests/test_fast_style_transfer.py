@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 from conftest import run_steps
 
-from models.fast_style_transfer import (
+from models.core.errors import GdlError
+from models.core.files import digest_json
+from models.core.images import save_png
+from models.core.registry import StepContext, get
+from models.techniques.style.fast_style_transfer import (
     TINY,
     FastStyleTransferParams,
     Stylizer,
@@ -18,11 +22,8 @@ from models.fast_style_transfer import (
     make_train_step,
     random_crops,
 )
-from models.files import GdlError, digest_json
-from models.images import save_png
-from models.perceptual import LossWeights
-from models.registry import StepContext, get
-from models.style_transfer import (
+from models.techniques.style.perceptual import LossWeights
+from models.techniques.style.style_transfer import (
     BOOK_STYLE_LAYERS,
     MOBILENET_CONTENT_LAYER,
     MOBILENET_STYLE_LAYERS,
@@ -92,7 +93,7 @@ def test_training_lowers_the_perceptual_loss():
     fixed = random_crops(photos, 32, 2, seed=0, step=0)
 
     def total() -> float:
-        from models.backbones import preprocess_tensor
+        from models.toolkit.backbones import preprocess_tensor
 
         target = loss.content_features(preprocess_tensor("mobilenet_v2", fixed))
         return float(loss(preprocess_tensor("mobilenet_v2", net(fixed)), target)["total"])
@@ -117,7 +118,7 @@ def _vectorized(tmp_path):
 
 
 def test_a_resumed_training_ends_where_an_uninterrupted_one_ends(tmp_path, monkeypatch):
-    monkeypatch.setattr("models.training.PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr("models.toolkit.training.PROGRESS_EVERY", 0.0)
     t, p, proc = _vectorized(tmp_path)
     p = p.model_copy(update={"checkpoint_every": 1})
     key = digest_json(p.subset("train"))
@@ -216,6 +217,6 @@ def test_an_unknown_layer_and_mismatched_weights_are_refused(project):
 
 
 def _torch_weights():
-    from models.backbones import offline_mobilenet_v2_path
+    from models.toolkit.backbones import offline_mobilenet_v2_path
 
     return offline_mobilenet_v2_path()

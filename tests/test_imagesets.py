@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from models.datasets import fetch, get_dataset, resolve_location
-from models.files import GdlError, npz_bytes
-from models.imagesets import (
+from models.core.errors import GdlError
+from models.core.files import npz_bytes
+from models.inputs.catalog import get_dataset, resolve_location
+from models.inputs.fetch import fetch
+from models.toolkit.imagesets import (
     CIFAR_RECORD,
     load_image_set,
     to_uint8_images,

@@ -8,8 +8,8 @@ from conftest import REPO
 
 from flows.config import overrides_from_cli, render_params, resolve_params
 from flows.dvcfile import render as render_dvc
-from models.files import GdlError
-from models.registry import techniques
+from models.core.errors import GdlError
+from models.core.registry import techniques
 
 
 def test_params_yaml_matches_the_parameter_models():

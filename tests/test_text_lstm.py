@@ -7,9 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-from models.files import GdlError, digest_json
-from models.registry import StepContext, get
-from models.text_lstm import (
+from models.core.errors import GdlError
+from models.core.files import digest_json
+from models.core.registry import StepContext, get
+from models.techniques.text_lstm import (
     CORPUS,
     TINY,
     TextLSTMParams,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from models.files import GdlError
-from models.training import fit_resumable, optimize_resumable
+from models.core.errors import GdlError
+from models.toolkit.training import fit_resumable, optimize_resumable
 
 # A small problem with optimizer state (Adam's moments): pull x towards a target.
 PROBLEM = """
@@ -87,7 +87,7 @@ def test_killed_optimisation_resumes_after_kill_9(tmp_path):
     tail = textwrap.dedent(
         f"""
         from pathlib import Path
-        from models.training import optimize_resumable
+        from models.toolkit.training import optimize_resumable
         slow = float(sys.argv[1])
         def timed(i):
             time.sleep(slow)
@@ -227,7 +227,7 @@ def _two_player(ckpt, fail_at=None):
     import keras
     import tensorflow as tf
 
-    from models.training import model_variables
+    from models.toolkit.training import model_variables
 
     keras.utils.set_random_seed(3)
     layers = [

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from conftest import run_steps
 
-from models.files import GdlError
-from models.images import png_bytes, save_png
-from models.pix2pix import Pix2PixParams
-from models.registry import StepContext
-from models.translation import (
+from models.core.errors import GdlError
+from models.core.images import png_bytes, save_png
+from models.core.registry import StepContext
+from models.techniques.translation.common import (
     build_patchgan,
     build_unet_generator,
     edge_map,
@@ -24,6 +23,7 @@ from models.translation import (
     scores,
     vectorize_domains,
 )
+from models.techniques.translation.pix2pix import Pix2PixParams
 
 RNG = np.random.default_rng(3)
 

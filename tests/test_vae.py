@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import run_steps, steps_in_own_project
 
-from models.files import GdlError
-from models.vae import (
+from models.core.errors import GdlError
+from models.techniques.vae import (
     MANIFOLD,
     SAMPLES,
     SCATTER,
@@ -57,7 +57,7 @@ def vae_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tiny_vae_writes_scatter_manifold_elbo_terms_and_quality(vae_run):
-    from models.images import load_image
+    from models.core.images import load_image
 
     root, done = vae_run
     p = VAEParams(**done["params"])
@@ -83,9 +83,9 @@ def test_fid_and_kid_rank_a_trained_vae_above_an_untrained_one(vae_run):
     """Each metric ranks a trained generator's samples above an untrained one's: a dense VAE
     trained for a few epochs here, against the same network untrained, scored in the features
     of the digits classifier the tiny run trained."""
-    from models.imagesets import load_image_set
-    from models.quality import digits_extractor, load_classifier, quality_metrics
-    from models.vae import CLASSIFIER
+    from models.techniques.vae import CLASSIFIER
+    from models.toolkit.imagesets import load_image_set
+    from models.toolkit.quality import digits_extractor, load_classifier, quality_metrics
 
     root, done = vae_run
     up = {k: root / v["dir"] for k, v in done["upstream"].items() if k != "download"}
@@ -117,7 +117,7 @@ def test_bad_parameters_are_one_line_errors_naming_the_parameter(project):
 
 @pytest.mark.slow
 def test_digits_of_the_wrong_shape_fail_before_training(project):
-    from models.files import npz_bytes
+    from models.core.files import npz_bytes
 
     images = np.zeros((40, 32, 32), np.uint8)  # not MNIST's 28x28
     labels = np.arange(40, dtype=np.uint8) % 10
@@ -133,8 +133,8 @@ def test_digits_of_the_wrong_shape_fail_before_training(project):
 def test_a_resumed_vae_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
     """The optimizer state and the latent draws (the sampling layer's counter) are in every
     checkpoint: stopping after one epoch and resuming gives the same weights as no stop."""
-    from models.training import FINAL, fit_resumable
-    from models.vae import _batches, load_vae
+    from models.techniques.vae import _batches, load_vae
+    from models.toolkit.training import FINAL, fit_resumable
 
     x = (np.random.default_rng(0).random((48, 28, 28, 1)) > 0.7).astype(np.float32)
     p = VAEParams(variant="dense", hidden_units=16, seed=1)

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from models.datasets import image_files
-from models.files import write_json_atomic
-from models.params import TechniqueParams, param
-from models.registry import Input, StepContext, Technique, register
-from models.report import Animation, Curve, Grid, Image, Note, Report, Table, Text
-from models.training import optimize_resumable
+from models.core.files import write_json_atomic
+from models.core.params import TechniqueParams, param
+from models.core.registry import Input, StepContext, Technique, register
+from models.inputs.formats import image_files
+from models.reporting.report import Animation, Curve, Grid, Image, Note, Report, Table, Text
+from models.toolkit.training import optimize_resumable
 
 
 class TinyImageParams(TechniqueParams):
@@ -40,7 +40,7 @@ TINY = {"iterations": 6, "checkpoint_every": 2, "frame_every": 2}
 
 
 def vectorize(p: TinyImageParams, ctx: StepContext) -> dict[str, Any]:
-    from models.images import load_image, resize
+    from models.core.images import load_image, resize
 
     photo = resize(load_image(ctx.inputs["photo"]), size=(p.size, p.size))
     textures = [resize(load_image(f), size=(p.size, p.size)) for f in image_files(ctx.inputs["textures"])]
@@ -55,8 +55,8 @@ def train(p: TinyImageParams, ctx: StepContext) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from models.backbones import deprocess, feature_model, load_backbone, preprocess
-    from models.images import save_png
+    from models.core.images import save_png
+    from models.toolkit.backbones import deprocess, feature_model, load_backbone, preprocess
 
     backbone, weights = load_backbone("mobilenet_v2", ctx.inputs.get("weights"), include_top=False)
     features = feature_model(backbone, [p.layer])
@@ -104,7 +104,7 @@ def sample(p: TinyImageParams, ctx: StepContext) -> dict[str, Any]:
 
 
 def report(p: TinyImageParams, dirs: dict[str, Path]) -> Report:
-    from models.images import load_image
+    from models.core.images import load_image
 
     history = json.loads((dirs["train"] / "history.json").read_text())
     textures = np.load(dirs["vectorize"] / "textures.npy")

@@ -1,0 +1,195 @@
+"""Typed parameters: one pydantic model per technique, profiles from params.yaml, `--set` overrides.
+
+Every field is tagged with the first pipeline step that reads it. A step's cache key (Prefect)
+and its DVC `params:` list are the fields of that step and of every step before it, so changing
+`temperatures` re-runs sample and publish and nothing upstream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models.core.errors import GdlError
+
+STEPS = ("download", "vectorize", "train", "sample", "publish")
+PROFILES = ("demo", "full")
+DEFAULT_PROFILE = "demo"
+INT32_MAX = 2**31 - 1  # seeds, lengths and counts reach TensorFlow as 32-bit integers
+
+
+def param(default: Any, step: str, description: str, **constraints: Any) -> Any:
+    """A parameter field: its default (the book's value), the step that first reads it, and why."""
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}")
+    return Field(default, description=description, json_schema_extra={"step": step}, **constraints)
+
+
+class TechniqueParams(BaseModel):
+    """Fields every technique has. Subclasses add the technique's own, with the book's defaults."""
+
+    # Strict: `true` is not an epoch count, "128" is not a batch size and 2.0 is not an int (the
+    # values come typed from YAML and JSON: params.yaml, --set, the Prefect UI). Floats must be
+    # finite: an infinite learning rate is not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    seed: int = param(
+        1337, "vectorize", "Seed for splits, shuffling, initialisation and sampling.", ge=0, le=INT32_MAX
+    )
+    device: Literal["auto", "cpu", "gpu"] = param(
+        "auto", "train", "Where to train: 'auto' uses a GPU when TensorFlow sees one."
+    )
+    mixed_precision: bool = param(
+        False, "train", "Train in mixed_float16 (GPU only; ignored with a warning on CPU)."
+    )
+    jit_compile: bool = param(False, "train", "Compile the training step with XLA.")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int32(cls, value: Any) -> Any:
+        """Every integer (alone or in a list) fits TensorFlow's 32 bits, unless a field says less."""
+        items = value if isinstance(value, list) else [value]
+        if any(type(v) is int and not -INT32_MAX - 1 <= v <= INT32_MAX for v in items):
+            raise ValueError(f"integers must lie within +-{INT32_MAX} (32 bits)")
+        return value
+
+    @classmethod
+    def fields_for_step(cls, step: str) -> list[str]:
+        """Names of the fields read by `step` or by any step before it."""
+        upto = STEPS[: STEPS.index(step) + 1]
+        return [
+            name
+            for name, info in cls.model_fields.items()
+            if (info.json_schema_extra or {}).get("step") in upto
+        ]
+
+    def subset(self, step: str) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.fields_for_step(step)}
+
+
+def _describe_error(section: str, err: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in (section, *err["loc"]))
+    if err["type"] == "extra_forbidden":
+        return f"unknown parameter '{loc}'"
+    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def validate(section: str, model: type[TechniqueParams], values: Mapping[str, Any]):
+    """Build the params model, turning pydantic's report into one readable line."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        problems = "; ".join(_describe_error(section, e) for e in exc.errors())
+        if any(e["type"] == "extra_forbidden" for e in exc.errors()):
+            problems += f" (valid keys: {', '.join(sorted(model.model_fields))})"
+        raise GdlError(f"invalid parameters: {problems}") from None
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Turn `["text_lstm.epochs=3", ...]` into `{"text_lstm": {"epochs": 3}}` (values parsed as YAML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name or "." in name:
+            raise GdlError(f"bad --set {item!r}: expected TECHNIQUE.PARAM=VALUE, e.g. text_lstm.epochs=3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise GdlError(f"parameter file {path} not found (run gdl from the repository root)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise GdlError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise GdlError(f"{path} must be a mapping with 'profile' and one section per profile")
+    return data
+
+
+def active_profile(data: Mapping[str, Any], profile: str | None) -> str:
+    chosen = profile or data.get("profile") or DEFAULT_PROFILE
+    if chosen not in PROFILES:
+        raise GdlError(f"unknown profile {chosen!r}; valid: {', '.join(PROFILES)}")
+    return chosen
+
+
+def profile_values(
+    data: Mapping[str, Any], profile: str, section: str, model: type[TechniqueParams]
+) -> dict[str, Any]:
+    """The values params.yaml gives `section` under `profile` (missing fields take the model's defaults)."""
+    block = data.get(profile) or {}
+    if not isinstance(block, dict):
+        raise GdlError(f"params.yaml: {profile} must be a mapping of technique sections")
+    values = block.get(section) or {}
+    if not isinstance(values, dict):
+        raise GdlError(f"params.yaml: {profile}.{section} must be a mapping")
+    return dict(values)
+
+
+def render_params_yaml(sections: Mapping[str, tuple[type[TechniqueParams], Mapping[str, Any]]]) -> str:
+    """params.yaml text: every field of every technique, for both profiles, with descriptions."""
+    lines = [
+        "# Every parameter of every technique, per profile. Generated by `gdl params --write`",
+        "# from the parameter models in models/ (defaults = the books' values, profile 'full');",
+        "# edit values freely: gdl and dvc validate and read this file.",
+        "# `profile` selects what `dvc repro` runs; `gdl run --profile` chooses per run.",
+        f"profile: {DEFAULT_PROFILE}",
+    ]
+    for profile in PROFILES:
+        lines.append(f"{profile}:")
+        for section, (model, demo_overrides) in sections.items():
+            values = model().model_dump(mode="json")
+            if profile == "demo":
+                values.update(demo_overrides)
+            model(**values)  # demo overrides must validate too
+            lines.append(f"  {section}:")
+            for name, info in model.model_fields.items():
+                dumped = yaml.safe_dump({name: values[name]}, default_flow_style=True, width=1000)
+                lines.append(f"    {dumped.strip()[1:-1]}  # {info.description}")
+    return "\n".join(lines) + "\n"
+
+
+def render_reference(sections: Mapping[str, tuple[type[TechniqueParams], Mapping[str, Any]]]) -> str:
+    """Markdown reference of every parameter: type, book default (full), demo value, step, meaning."""
+    out = []
+    for section, (model, demo_overrides) in sections.items():
+        out += [
+            f"#### `{section}`",
+            "",
+            "| parameter | type | full (book) | demo | step | meaning |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        full = model().model_dump(mode="json")
+        demo = {**full, **demo_overrides}
+        for name, info in model.model_fields.items():
+            if get_origin(info.annotation) is Literal:
+                kind = " or ".join(f"`{a}`" for a in get_args(info.annotation))
+            else:
+                kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
+                kind = kind.replace("typing.", "").replace("|", "or")
+            step = (info.json_schema_extra or {}).get("step", "")
+            bounds = [
+                f"{k} {getattr(m, k)}"
+                for m in info.metadata
+                for k in ("ge", "gt", "le", "lt")
+                if getattr(m, k, None) is not None
+            ]
+            meaning = info.description + (f" ({', '.join(bounds)})" if bounds else "")
+            out.append(
+                f"| `{name}` | {kind} | `{json.dumps(full[name])}` | `{json.dumps(demo[name])}` "
+                f"| {step} | {meaning} |"
+            )
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,188 @@
+"""The dataset catalog (`catalog.yaml`): every input a technique can read, where each source
+resolves, and the identity of what a location holds (what a download's cache key is made of)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from models.core.errors import GdlError
+from models.core.files import (
+    safe_name,
+)
+
+CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
+Kind = Literal["text", "image", "images", "arrays", "archive", "weights"]
+FOLDER_KINDS = ("images", "archive")  # inputs that land as a folder, not one file
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class Offline(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loader: str
+    args: dict[str, Any] = {}
+    description: str
+
+
+class Dataset(BaseModel):
+    """One catalog entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: Kind
+    description: str
+    file: str
+    remote: str | None = None
+    sha256: str | None = None
+    offline: Offline | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        return self.kind in FOLDER_KINDS
+
+
+@cache
+def _catalog(mtime_ns: int) -> dict[str, Dataset]:
+    data = yaml.safe_load(CATALOG.read_text()) or {}
+    if not isinstance(data, dict):
+        raise GdlError(f"{CATALOG} must map dataset names to entries")
+    found = {}
+    for name, entry in data.items():
+        try:
+            if not str(name).isidentifier() or name == "dvc":  # data/raw/dvc holds DVC's slots
+                raise GdlError(f"{CATALOG}: dataset name {name!r} must be an identifier other than 'dvc'")
+            found[name] = Dataset(name=name, **(entry or {}))
+            safe_name(found[name].file, f"file name of dataset {name}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise GdlError(
+                f"{CATALOG}: entry {name!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+            ) from None
+    return found
+
+
+def catalog() -> dict[str, Dataset]:
+    """Every catalog entry (re-read when catalog.yaml changes)."""
+    return _catalog(CATALOG.stat().st_mtime_ns)
+
+
+def get_dataset(name: str) -> Dataset:
+    entries = catalog()
+    if name not in entries:
+        raise GdlError(f"unknown dataset {name!r}; available: {', '.join(sorted(entries))}")
+    return entries[name]
+
+
+def redact(location: str) -> str:
+    """A location fit for logs and reports: no user:password@, no query (presigned signatures)."""
+    parsed = urllib.parse.urlsplit(location)
+    if not parsed.scheme or "://" not in location:
+        return location
+    host = parsed.hostname or ""
+    if parsed.port:
+        host += f":{parsed.port}"
+    return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
+
+
+def _local_path(location: str) -> Path:
+    return Path(location[len("file://") :] if location.startswith("file://") else location).expanduser()
+
+
+def resolve_location(dataset: Dataset, source: str) -> str:
+    """Where `source` reads `dataset` from; raises GdlError saying what is valid.
+
+    Checked before any work starts, so a typo fails in one line instead of after a server start.
+    """
+    if source == "remote":
+        if not dataset.remote:
+            raise GdlError(f"dataset {dataset.name} has no remote source; give a location of your own")
+        return dataset.remote
+    if source == "offline":
+        if dataset.offline is None:
+            raise GdlError(
+                f"dataset {dataset.name} has no offline source (no installed package ships it); "
+                "use remote or a location of your own"
+            )
+        return "offline:" + dataset.name
+    if source.startswith(("http://", "https://")):
+        if not urllib.parse.urlsplit(source).hostname:
+            raise GdlError(f"source {redact(source)!r} has no host")
+        return source
+    if source.startswith("s3://"):
+        parsed = urllib.parse.urlsplit(source)
+        if not parsed.netloc or not parsed.path.strip("/"):
+            raise GdlError(f"bad S3 location {source!r}: expected s3://bucket/key (or s3://bucket/prefix/)")
+        if source.endswith("/") and not dataset.is_folder:
+            raise GdlError(f"{source}: an S3 prefix is a folder, but dataset {dataset.name} is one file")
+        return source
+    if "://" in source and not source.startswith("file://"):
+        raise GdlError(
+            f"unsupported source {redact(source)!r}: use remote, offline, http(s)://, s3:// or a local path"
+        )
+    path = _local_path(source)
+    if path.is_dir():
+        if not dataset.is_folder:
+            raise GdlError(
+                f"source {path} is a folder, but dataset {dataset.name} is one {dataset.kind} file"
+            )
+    elif not path.is_file():
+        raise GdlError(f"source {path} does not exist")
+    return source
+
+
+def describe_source(dataset: Dataset, location: str) -> str:
+    """One line saying what a location is, for reports: the original, the stand-in, or yours."""
+    if location.startswith("offline:"):
+        return f"offline stand-in for {dataset.name}: {dataset.offline.description}"
+    if location == dataset.remote:
+        return f"{dataset.name}: {dataset.description} (from {redact(location)})"
+    return f"{dataset.name} replaced by {redact(location)}"
+
+
+def _local_signature(path: Path) -> list:
+    """What changes when a local file or folder is edited: sizes and modification times (cheap:
+    nothing is read), so an edited source is fetched again instead of served from its slot."""
+    if path.is_file():
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+    return [
+        [p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    ]
+
+
+def identity(dataset: Dataset, location: str) -> dict[str, Any]:
+    """What determines the bytes of a download: the entry's kind and file name, the location
+    (a local one by its absolute path, sizes and times), and for offline sources the loader,
+    its code and the version of what it reads. Descriptions are left out: rewording an entry
+    changes no download."""
+    ident: dict[str, Any] = {"kind": dataset.kind, "file": dataset.file, "location": location}
+    if location == dataset.remote:
+        ident["sha256"] = dataset.sha256
+    if location.startswith("offline:"):
+        from models.core import codeversion
+        from models.inputs import offline
+
+        loader = offline.LOADERS.get(dataset.offline.loader)
+        ident["offline"] = dataset.offline.model_dump(exclude={"description"})
+        ident["loader_code"] = codeversion.digest(codeversion.roots_of(loader)) if loader else None
+        ident["package"] = offline.source_version(dataset.offline.loader, dataset.offline.args)
+    elif "://" not in location or location.startswith("file://"):
+        path = _local_path(location).resolve()
+        ident["location"] = str(path)
+        ident["local"] = _local_signature(path) if path.exists() else None
+    return ident
+
+
+# ---------------------------------------------------------------------------------------------
+# Content checks

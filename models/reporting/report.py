@@ -1,0 +1,405 @@
+"""Run reports as typed sections, rendered to a self-contained page and to Prefect artifacts.
+
+A technique's `report` step returns a `Report`: a title, its metrics, and a list of sections
+(text samples, images, image grids, animations, curves with a named x-axis, tables, notes). It
+never writes HTML or artifact code: `render_html` makes `report.html` (images inlined as data:
+URIs) and `artifact_plan` says which Prefect artifacts to create (tasks/publish creates them).
+Every page also gets a provenance block the technique does not write either: the resolved
+hyperparameters, the code version, when each step ran and for how long, and which data and
+weights were used.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.core.errors import GdlError
+from models.core.files import safe_name
+
+THUMBNAIL = 480  # longest side of an image inlined in a Prefect artifact
+
+
+@dataclass(frozen=True)
+class Text:
+    """A generated text; `prefix` (the seed) is shown greyed before it."""
+
+    caption: str
+    text: str
+    prefix: str = ""
+    name: str = ""  # artifact key suffix (default: from the caption)
+
+
+@dataclass(frozen=True)
+class Image:
+    caption: str
+    file: str  # PNG written into the run directory
+    image: np.ndarray  # uint8, (H, W) or (H, W, 3)
+
+
+@dataclass(frozen=True)
+class Grid:
+    caption: str
+    file: str
+    images: Sequence[np.ndarray]
+    captions: Sequence[str] | None = None
+    cols: int | None = None
+
+
+@dataclass(frozen=True)
+class Animation:
+    """A sequence (octaves, training progress, an interpolation) as a GIF and a strip."""
+
+    caption: str
+    file: str  # .gif
+    frames: Sequence[np.ndarray]
+    captions: Sequence[str] | None = None
+    duration_ms: int = 400
+
+
+@dataclass(frozen=True)
+class Curve:
+    caption: str
+    file: str
+    series: Mapping[str, Sequence[float]]
+    x: str  # the x axis' label: "epoch", "step", "iteration", "epsilon (input space)"...
+    y: str
+    x_values: Sequence[float] | None = None  # default 1..n
+    log_y: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    caption: str
+    rows: Sequence[Mapping[str, Any]]
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Note:
+    text: str
+
+
+Section = Text | Image | Grid | Animation | Curve | Table | Note
+
+
+@dataclass
+class Report:
+    """What a technique shows about a run."""
+
+    title: str
+    metrics: dict[str, float | int | str] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)
+    history: dict[str, list[float]] = field(default_factory=dict)  # one row per Technique.history_x
+    weights: str | None = None  # the pretrained weights used, in words (None: no network weights)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What every report shows besides the technique's sections (made by the publish step)."""
+
+    technique: str
+    run_id: str
+    created_at: str
+    params: Mapping[str, Any]
+    git: str
+    steps: Sequence[Mapping[str, Any]]  # step, started_at, seconds, git, code
+    inputs: Sequence[Mapping[str, Any]]  # name, dataset, source, location, sha256
+
+
+# ---------------------------------------------------------------------------------------------
+# Files of sections
+
+
+def line_png(
+    series: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    size: tuple[float, float] = (6, 3.5),
+    x_values: Sequence[float] | None = None,
+    log_y: bool = False,
+) -> bytes:
+    """One line per series (x = 1..n unless given); PNG bytes without timestamps (reproducible)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    for label, values in series.items():
+        xs = list(x_values)[: len(values)] if x_values is not None else range(1, len(values) + 1)
+        ax.plot(xs, values, marker="o" if len(values) <= 40 else None, label=label)
+    if x_values is None:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps and runs are whole
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def section_files(section: Section) -> dict[str, bytes]:
+    """The files a section puts in the run directory (file name -> bytes)."""
+    from models.core import images
+
+    if isinstance(section, Image):
+        return {section.file: images.png_bytes(section.image)}
+    if isinstance(section, Grid):
+        return {
+            section.file: images.png_bytes(images.image_grid(section.images, section.captions, section.cols))
+        }
+    if isinstance(section, Animation):
+        return {
+            section.file: images.animation_gif(section.frames, section.duration_ms, captions=section.captions)
+        }
+    if isinstance(section, Curve):
+        return {
+            section.file: line_png(
+                section.series, section.x, section.y, x_values=section.x_values, log_y=section.log_y
+            )
+        }
+    return {}
+
+
+def report_files(report: Report) -> dict[str, bytes]:
+    """Every file the report's sections write, checked: safe, unique names."""
+    files: dict[str, bytes] = {}
+    for section in report.sections:
+        for name, data in section_files(section).items():
+            safe_name(name, "report file name")
+            if name in files or name in RESERVED:
+                raise GdlError(f"report of {report.title!r}: file name {name!r} used twice")
+            files[name] = data
+    return files
+
+
+RESERVED = {"params.json", "metrics.json", "history.csv", "report.html", "manifest.json"}
+
+
+def history_csv(history: Mapping[str, Sequence[float]], x: str) -> bytes:
+    import csv
+
+    buf = io.StringIO()
+    keys = list(history)
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([x, *keys])
+    for i in range(max((len(v) for v in history.values()), default=0)):
+        writer.writerow([i + 1, *(history[k][i] if i < len(history[k]) else "" for k in keys)])
+    return buf.getvalue().encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def png_data_uri(data: bytes) -> str:
+    return data_uri(data)
+
+
+def _mime(name: str) -> str:
+    return "image/gif" if name.endswith(".gif") else "image/png"
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;color:#222}
+h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem}
+table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;vertical-align:top}
+pre{white-space:pre-wrap;background:#f6f6f6;padding:.75rem;border-radius:4px}
+.seed{color:#888} .note{background:#fff6d5;padding:.5rem .75rem;border-left:4px solid #e0b000}
+.muted{color:#777;font-size:.9rem} img{max-width:100%} td.num{text-align:right}
+details{margin-top:1rem}
+"""
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _table_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    esc = html.escape
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    head = "".join(f"<th>{esc(str(c))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(fmt(row.get(c, '')))}</td>" for c in columns) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _section_html(section: Section, files: Mapping[str, bytes]) -> str:
+    esc = html.escape
+    if isinstance(section, Note):
+        return f"<p class='note'>{esc(section.text)}</p>"
+    if isinstance(section, Text):
+        return (
+            f"<h2>{esc(section.caption)}</h2><pre><span class='seed'>{esc(section.prefix)}</span>"
+            f"{esc(section.text)}</pre>"
+        )
+    if isinstance(section, Table):
+        return f"<h2>{esc(section.caption)}</h2>{_table_html(section.rows)}"
+    name = section.file
+    return (
+        f"<h2>{esc(section.caption)}</h2><img alt='{esc(section.caption)}' "
+        f"src='{data_uri(files[name], _mime(name))}'><p class='muted'>{esc(name)}</p>"
+    )
+
+
+def provenance_rows(report: Report, prov: Provenance) -> dict[str, list[dict[str, Any]]]:
+    """The provenance block as tables (for the page and the summary artifact)."""
+    run = [
+        {"": "run", "value": f"{prov.technique} / {prov.run_id}"},
+        {"": "published", "value": prov.created_at},
+        {"": "code", "value": prov.git},
+        {"": "weights", "value": report.weights or "no pretrained weights"},
+    ]
+    total = sum(float(s.get("seconds") or 0) for s in prov.steps)
+    run.append({"": "compute time", "value": f"{total:.1f} s over {len(prov.steps)} steps"})
+    return {
+        "Run": run,
+        "Steps": [dict(s) for s in prov.steps],
+        "Data": [dict(i) for i in prov.inputs] or [{"input": "none"}],
+        "Hyperparameters": [{"parameter": k, "value": v} for k, v in prov.params.items()],
+    }
+
+
+def render_html(report: Report, prov: Provenance, files: Mapping[str, bytes] | None = None) -> str:
+    esc = html.escape
+    files = report_files(report) if files is None else files
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(report.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{esc(report.title)}</h1>",
+        f"<p class='muted'>{esc(prov.technique)} run {esc(prov.run_id)}, published {esc(prov.created_at)}, "
+        f"code {esc(prov.git)}</p>",
+    ]
+    if report.metrics:
+        rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in report.metrics.items())
+        parts.append(f"<h2>Metrics</h2><table>{rows}</table>")
+    parts += [_section_html(s, files) for s in report.sections]
+    parts.append("<h2>Provenance</h2>")
+    for caption, rows in provenance_rows(report, prov).items():
+        parts.append(f"<h3>{esc(caption)}</h3>{_table_html(rows)}")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefect artifacts (described here, created by tasks/publish)
+
+
+def _fenced(text: str) -> str:
+    """A code block no generated text can close early (the fence outlasts any run of backticks)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def _md(text: str) -> str:
+    """Text shown as Markdown without being read as Markdown (links, images, emphasis)."""
+    return re.sub(r"([\\`*_\[\]()<>!#|])", r"\\\1", text)
+
+
+def slug(text: str) -> str:
+    """A Prefect artifact key fragment: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "item"
+
+
+def _thumbnail(name: str, data: bytes) -> tuple[bytes, str]:
+    """A small PNG for the UI (artifacts live in Prefect's database), or a GIF as it is."""
+    from PIL import Image as PILImage
+
+    from models.core import images
+
+    if name.endswith(".gif"):
+        return data, "image/gif"
+    with PILImage.open(io.BytesIO(data)) as im:
+        array = np.asarray(im.convert("RGB"))
+    if max(array.shape[:2]) > THUMBNAIL:
+        array = images.resize(array, max_side=THUMBNAIL)
+    return images.png_bytes(array), "image/png"
+
+
+def artifact_plan(report: Report, prov: Provenance, files: Mapping[str, bytes], where: str) -> list[dict]:
+    """The artifacts a run shows in the Prefect UI: a summary (metrics, notes, provenance, where
+    it was published), a table per text sample and per table section, and each image inline.
+    Each item: {"kind": "markdown"|"table", "key": suffix, "description", "content"}."""
+    metrics = "\n".join(f"| {k} | {fmt(v)} |" for k, v in report.metrics.items())
+    notes = "\n".join(f"> {s.text}" for s in report.sections if isinstance(s, Note))
+    excerpts = "\n\n".join(
+        f"**{_md(s.caption)}**\n\n{_fenced(s.text[:400])}" for s in report.sections if isinstance(s, Text)
+    )
+    prov_md = "\n\n".join(
+        f"**{caption}**\n\n"
+        + "\n".join(
+            f"- {', '.join(f'{k}: {fmt(v)}' if k else fmt(v) for k, v in row.items())}" for row in rows
+        )
+        for caption, rows in provenance_rows(report, prov).items()
+        if caption != "Hyperparameters"
+    )
+    params = ", ".join(f"`{k}={fmt(v)}`" for k, v in prov.params.items())
+    plan = [
+        {
+            "kind": "markdown",
+            "key": "summary",
+            "description": f"{prov.technique} run summary",
+            "content": f"# {report.title}\n\n{notes}\n\n{where}\n\n"
+            f"| metric | value |\n|---|---|\n{metrics}\n\n"
+            f"{excerpts}\n\n{prov_md}\n\n**Hyperparameters**: {params}\n",
+        }
+    ]
+    used = {"summary", "error", "training"}
+    for section in report.sections:
+        if isinstance(section, Text):
+            key = slug(section.name or section.caption)
+            rows = [{"line": 0, "text": f"[seed] {section.prefix}"}] + [
+                {"line": n + 1, "text": line} for n, line in enumerate(section.text.splitlines())
+            ]
+            plan.append({"kind": "table", "key": key, "description": section.caption, "content": rows})
+        elif isinstance(section, Table):
+            key = slug(section.name or section.caption)
+            plan.append(
+                {"kind": "table", "key": key, "description": section.caption, "content": list(section.rows)}
+            )
+        elif not isinstance(section, Note):
+            key = slug(section.file.rsplit(".", 1)[0])
+            data, mime = _thumbnail(section.file, files[section.file])
+            plan.append(
+                {
+                    "kind": "markdown",
+                    "key": key,
+                    "description": section.caption,
+                    "content": f"## {section.caption}\n\n![{section.caption}]({data_uri(data, mime)})",
+                }
+            )
+        else:
+            continue
+        # Keys name artifacts in the UI: a second section with the same slug gets a suffix.
+        base, n = plan[-1]["key"], 2
+        while plan[-1]["key"] in used:
+            plan[-1]["key"], n = f"{base}-{n}", n + 1
+        used.add(plan[-1]["key"])
+    return plan

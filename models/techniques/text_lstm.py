@@ -1,0 +1,510 @@
+"""Character-level LSTM text generation (Chollet, Deep Learning with Python, section 8.1).
+
+Data: a lower-cased corpus cut into windows of `maxlen` characters every `step` characters, each
+followed by the character to predict. Model: LSTM(128) -> Dense(softmax). Sampling: reweight the
+next-character distribution by a temperature, draw, append, slide the window.
+
+Unlike the book, the corpus is kept as one array of character indices; windows and their one-hot
+encoding are made on the fly in the tf.data pipeline (the book's dense boolean array for
+Nietzsche is 200,278 x 60 x 57 = 684 MB). Sampling is one compiled loop, batched across
+temperatures, instead of a `model.predict` call per character.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import field_validator
+
+from models.core.errors import GdlError
+from models.core.files import write_json_atomic
+from models.core.params import TechniqueParams, param
+from models.core.registry import Input, StepContext, Technique, register
+from models.inputs.formats import decode_text
+from models.reporting.report import Curve, Report, Table, Text
+from models.toolkit.training import FINAL, configure_runtime, fit_resumable, load_model
+
+CORPUS, VOCAB, META = "corpus.npy", "vocab.json", "meta.json"
+SAMPLES_JSON = "samples.json"
+MAX_SAMPLE = 1_000_000  # characters per temperature: the sampler holds them all in memory
+EPOCH_WEIGHTS = "epochs"  # per-epoch weights, sampled by the sample step (the book's per-epoch text)
+
+
+class TextLSTMParams(TechniqueParams):
+    dataset: str = param("nietzsche", "download", "Dataset name in the catalog (Chollet 8.1).")
+    source: str = param(
+        "remote",
+        "download",
+        "Where to read the dataset: remote (the book's URL), offline (a packaged stand-in), "
+        "or your own https://, s3:// or local path.",
+    )
+    max_chars: int | None = param(
+        None, "vectorize", "Use only the first N characters of the corpus (null: all).", ge=1
+    )
+    maxlen: int = param(60, "vectorize", "Characters per input window (Chollet 8.1: 60).", ge=1)
+    step: int = param(3, "vectorize", "Stride between window starts (Chollet 8.1: 3).", ge=1)
+    validation_split: float = param(
+        0.05,
+        "vectorize",
+        "Fraction of windows, taken from the end of the corpus, held out for validation (the book has none).",
+        ge=0.0,
+        lt=0.9,
+    )
+    lstm_units: int = param(128, "train", "Units of the LSTM layer (Chollet 8.1: 128).", ge=1)
+    unroll: bool = param(False, "train", "Unroll the LSTM over the window: faster on CPU for short windows.")
+    learning_rate: float = param(0.01, "train", "RMSprop learning rate (Chollet 8.1: 0.01).", gt=0)
+    batch_size: int = param(128, "train", "Windows per batch (Chollet 8.1: 128).", ge=1)
+    epochs: int = param(60, "train", "Training epochs, one fit call each (Chollet 8.1: 60).", ge=1)
+    temperatures: list[float] = param(
+        [0.2, 0.5, 1.0, 1.2],
+        "sample",
+        "Sampling temperatures, each > 0, distinct (Chollet 8.1: 0.2, 0.5, 1.0, 1.2).",
+    )
+    sample_length: int = param(
+        400, "sample", "Characters generated per temperature (Chollet 8.1: 400).", ge=1, le=MAX_SAMPLE
+    )
+    epoch_sample_length: int = param(
+        400,
+        "sample",
+        "Characters generated per temperature from each epoch's weights, to show the text improve "
+        "(Chollet 8.1 samples after every epoch: 400); 0 samples only the final model.",
+        ge=0,
+        le=MAX_SAMPLE,
+    )
+    sampler: Literal["window", "stateful"] = param(
+        "window",
+        "sample",
+        "window: the book's semantics (softmax on the last maxlen characters); stateful: carry "
+        "the LSTM state from character to character (much faster, unbounded context).",
+    )
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive_distinct(cls, temps: list[float]) -> list[float]:
+        if not temps:
+            raise ValueError("at least one temperature is required")
+        if any(not t > 0 or not math.isfinite(t) for t in temps):
+            raise ValueError("every temperature must be a finite number > 0")
+        if len(set(temps)) != len(temps):
+            raise ValueError("temperatures must be distinct")
+        return temps
+
+
+DEMO = {
+    # Offline and CPU-sized (about 90 s of training on 2 cores): the packaged corpus, its first
+    # 200k characters, shorter windows every 4 characters, an unrolled LSTM, 4 epochs.
+    "source": "offline",
+    "max_chars": 200_000,
+    "maxlen": 40,
+    "step": 4,
+    "unroll": True,
+    "epochs": 4,
+    "epoch_sample_length": 200,
+}
+
+TINY = {
+    # Seconds on a CPU, every code path: what the tests run.
+    "max_chars": 4000,
+    "maxlen": 12,
+    "step": 3,
+    "validation_split": 0.1,
+    "lstm_units": 16,
+    "unroll": False,
+    "batch_size": 64,
+    "epochs": 2,
+    "sample_length": 40,
+    "epoch_sample_length": 20,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def split_starts(n_text: int, maxlen: int, step: int, validation_split: float):
+    """Window start indices for training and validation.
+
+    Starts follow the book (`range(0, len(text) - maxlen, step)`). The last `validation_split`
+    of them are held out, and training windows whose target falls inside the held-out text are
+    dropped, so no validation character is ever a training target.
+    """
+    starts = np.arange(0, n_text - maxlen, step, dtype=np.int64)
+    n_val = int(round(len(starts) * validation_split))
+    if validation_split > 0 and n_val == 0 and len(starts) > 1:
+        n_val = 1
+    train, val = starts[: len(starts) - n_val], starts[len(starts) - n_val :]
+    if n_val:
+        train = train[train + maxlen < val[0]]
+    if len(train) == 0:
+        raise GdlError(
+            f"corpus of {n_text} characters leaves no training windows with maxlen={maxlen}, "
+            f"step={step}, validation_split={validation_split}"
+        )
+    return train, val
+
+
+def encode(text: str) -> tuple[np.ndarray, list[str]]:
+    """Character indices of `text` (into the sorted vocabulary) and the vocabulary."""
+    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    vocab, ids = np.unique(codepoints, return_inverse=True)
+    dtype = np.uint8 if len(vocab) <= 256 else np.uint16 if len(vocab) <= 65536 else np.uint32
+    return ids.astype(dtype), [chr(c) for c in vocab]
+
+
+def vectorize(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
+    raw = ctx.inputs["corpus"]
+    text = decode_text(raw.read_bytes(), str(raw)).lower()
+    if p.max_chars:
+        text = text[: p.max_chars]
+    if len(text) < p.maxlen + 1:
+        raise GdlError(
+            f"corpus {raw} has {len(text)} characters; text_lstm needs at least maxlen + 1 = {p.maxlen + 1}"
+        )
+    ids, vocab = encode(text)
+    train, val = split_starts(len(ids), p.maxlen, p.step, p.validation_split)
+    np.save(ctx.out / CORPUS, ids, allow_pickle=False)
+    write_json_atomic(ctx.out / VOCAB, vocab)
+    meta = {
+        "characters": len(ids),
+        "vocabulary": len(vocab),
+        "sequences": len(range(0, len(ids) - p.maxlen, p.step)),  # the book's count
+        "train_sequences": len(train),
+        "val_sequences": len(val),
+        "maxlen": p.maxlen,
+        "step": p.step,
+    }
+    write_json_atomic(ctx.out / META, meta)
+    ctx.log(
+        f"{meta['characters']} characters, {meta['vocabulary']} distinct, "
+        f"{meta['sequences']} sequences ({meta['val_sequences']} held out)"
+    )
+    return meta
+
+
+def load_corpus(processed: Path) -> tuple[np.ndarray, list[str]]:
+    ids = np.load(processed / CORPUS, allow_pickle=False)
+    vocab = json.loads((processed / VOCAB).read_text())
+    return ids, vocab
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and training
+
+
+def build_model(
+    maxlen: int,
+    n_vocab: int,
+    units: int,
+    learning_rate: float,
+    jit_compile: bool = False,
+    unroll: bool = False,
+):
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(maxlen, n_vocab)),
+            keras.layers.LSTM(units, unroll=unroll),
+            keras.layers.Dense(n_vocab, activation="softmax", dtype="float32"),
+        ],
+        name="text_lstm",
+    )
+    # Sparse targets give the same loss as the book's one-hot categorical cross-entropy.
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def make_dataset(
+    ids: np.ndarray,
+    starts: np.ndarray,
+    maxlen: int,
+    n_vocab: int,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+):
+    """Batches of (one-hot window, next-character index), cut from the index array on the fly."""
+    import tensorflow as tf
+
+    corpus = tf.constant(ids.astype(np.int32))
+    offsets = tf.range(maxlen, dtype=tf.int64)
+
+    def windows(s):
+        x = tf.gather(corpus, s[:, None] + offsets)
+        y = tf.gather(corpus, s + maxlen)
+        return tf.one_hot(x, n_vocab), y
+
+    ds = tf.data.Dataset.from_tensor_slices(starts)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(starts), seed=shuffle_seed, reshuffle_each_iteration=False)
+    return ds.batch(batch_size).map(windows, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def train(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
+    import keras
+
+    processed = ctx.upstream["vectorize"]
+    device = configure_runtime(p.device, p.mixed_precision, ctx.log)
+    ids, vocab = load_corpus(processed)
+    train_starts, val_starts = split_starts(len(ids), p.maxlen, p.step, p.validation_split)
+
+    def new_model():
+        keras.utils.set_random_seed(p.seed)
+        return build_model(p.maxlen, len(vocab), p.lstm_units, p.learning_rate, p.jit_compile, p.unroll)
+
+    val = make_dataset(ids, val_starts, p.maxlen, len(vocab), p.batch_size) if len(val_starts) else None
+    # The weights after every epoch, for the sample step to show how the text improves.
+    (ctx.out / EPOCH_WEIGHTS).mkdir(exist_ok=True)
+    keep_epochs = keras.callbacks.ModelCheckpoint(
+        str(ctx.out / EPOCH_WEIGHTS / "epoch-{epoch:04d}.weights.h5"), save_weights_only=True
+    )
+    result = fit_resumable(
+        ckpt_dir=ctx.out,
+        fingerprint=ctx.key,
+        epochs=p.epochs,
+        build_model=new_model,
+        train_data=lambda epoch: make_dataset(
+            ids, train_starts, p.maxlen, len(vocab), p.batch_size, shuffle_seed=p.seed + epoch
+        ),
+        val_data=val,
+        samples_per_epoch=len(train_starts),
+        steps_per_epoch=math.ceil(len(train_starts) / p.batch_size),
+        callbacks=[keep_epochs],
+        progress=ctx.progress,
+        log=ctx.log,
+    )
+    history = result["history"]
+    metrics: dict[str, Any] = {
+        "epochs": len(history["loss"]),
+        "loss": history["loss"][-1],
+        "samples_per_s": history["samples_per_s"][-1],
+        "device": device,
+        "resumed_from_epoch": result["resumed_from"],
+    }
+    if "val_loss" in history:
+        metrics["val_loss"] = history["val_loss"][-1]
+        metrics["val_bits_per_char"] = history["val_loss"][-1] / math.log(2)
+        history["val_bits_per_char"] = [v / math.log(2) for v in history["val_loss"]]
+    write_json_atomic(ctx.out / "metrics.json", {"final": metrics, "history": history})
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def reweight(preds: np.ndarray, temperature: float) -> np.ndarray:
+    """The book's reweighting, p ** (1/T) renormalised, in float64 (no log(0) at any T > 0)."""
+    p = np.asarray(preds, dtype=np.float64) ** (1.0 / temperature)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+class TextSampler:
+    """Compiled, batched generation from a trained text_lstm model, one stream per temperature.
+
+    The Dense layer's logits are computed directly, so reweighting by temperature is
+    softmax(logits / T): identical to the book's p ** (1/T) renormalised, without taking the log
+    of a probability that underflowed to 0.
+    """
+
+    def __init__(self, model):
+        import keras
+        import tensorflow as tf
+
+        self.lstm = next(lyr for lyr in model.layers if isinstance(lyr, keras.layers.LSTM))
+        self.dense = model.layers[-1]
+        _, self.maxlen, self.n_vocab = model.input_shape
+        self._tf = tf
+        spec = [
+            tf.TensorSpec([None, self.maxlen], tf.int32),  # windows (streams, maxlen)
+            tf.TensorSpec([None], tf.float32),  # 1 / temperature per stream
+            tf.TensorSpec([], tf.int32),  # characters to generate
+            tf.TensorSpec([], tf.int32),  # sampling seed
+        ]
+        self._window_fn = tf.function(self._window_loop, input_signature=spec)
+        self._stateful_fn = tf.function(self._stateful_loop, input_signature=spec)
+
+    def _logits(self, h):
+        tf = self._tf
+        return tf.matmul(tf.cast(h, tf.float32), tf.cast(self.dense.kernel, tf.float32)) + tf.cast(
+            self.dense.bias, tf.float32
+        )
+
+    def _window_logits(self, windows):
+        return self._logits(self.lstm(self._tf.one_hot(windows, self.n_vocab)))
+
+    def _draw(self, logits, inv_t, seed, i):
+        tf = self._tf
+        return tf.random.stateless_categorical(
+            logits * inv_t[:, None], 1, seed=tf.stack([seed, i]), dtype=tf.int32
+        )[:, 0]
+
+    def _window_loop(self, windows, inv_t, length, seed):
+        tf = self._tf
+        out = tf.TensorArray(tf.int32, size=length)
+
+        def body(i, windows, out):
+            nxt = self._draw(self._window_logits(windows), inv_t, seed, i)
+            return i + 1, tf.concat([windows[:, 1:], nxt[:, None]], axis=1), out.write(i, nxt)
+
+        _, _, out = tf.while_loop(lambda i, *_: i < length, body, (0, windows, out))
+        return tf.transpose(out.stack())
+
+    def _stateful_loop(self, windows, inv_t, length, seed):
+        tf = self._tf
+        cell = self.lstm.cell
+        batch = tf.shape(windows)[0]
+        state = [tf.zeros([batch, cell.units]), tf.zeros([batch, cell.units])]
+        h = state[0]
+        x = tf.one_hot(windows, self.n_vocab)
+        for t in range(self.maxlen):  # warm the state on the seed window
+            h, state = cell(x[:, t], state)
+        out = tf.TensorArray(tf.int32, size=length)
+
+        def body(i, h, c, out):
+            nxt = self._draw(self._logits(h), inv_t, seed, i)
+            h, (h2, c) = cell(tf.one_hot(nxt, self.n_vocab), [h, c])
+            return i + 1, h, c, out.write(i, nxt)
+
+        _, _, _, out = tf.while_loop(lambda i, *_: i < length, body, (0, h, state[1], out))
+        return tf.transpose(out.stack())
+
+    def next_distribution(self, window: np.ndarray, temperature: float) -> np.ndarray:
+        """The reweighted next-character distribution for one window (float64)."""
+        logits = self._window_logits(np.asarray(window, np.int32)[None]).numpy()[0]
+        z = logits.astype(np.float64) / temperature
+        z = np.exp(z - z.max())
+        return z / z.sum()
+
+    def generate(
+        self,
+        seed_ids: np.ndarray,
+        temperatures: list[float],
+        length: int,
+        mode: str = "window",
+        seed: int = 0,
+    ) -> np.ndarray:
+        """`length` new character indices per temperature, shape (len(temperatures), length)."""
+        windows = np.repeat(np.asarray(seed_ids, np.int32)[None, -self.maxlen :], len(temperatures), axis=0)
+        inv_t = (1.0 / np.asarray(temperatures, np.float64)).astype(np.float32)
+        fn = self._stateful_fn if mode == "stateful" else self._window_fn
+        return fn(windows, inv_t, np.int32(length), np.int32(seed)).numpy()
+
+
+def sample(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
+    ids, vocab = load_corpus(ctx.upstream["vectorize"])
+    model = load_model(ctx.upstream["train"] / FINAL)
+    # As in the book: one random seed window of the corpus, continued at every temperature.
+    start = int(np.random.default_rng(p.seed).integers(0, len(ids) - p.maxlen))
+    seed_ids = ids[start : start + p.maxlen]
+    sampler = TextSampler(model)
+    t0 = time.perf_counter()
+    generated = sampler.generate(seed_ids, p.temperatures, p.sample_length, p.sampler, p.seed)
+    seconds = time.perf_counter() - t0
+    seed_text = "".join(vocab[i] for i in seed_ids)
+    texts = {}
+    for temperature, row in zip(p.temperatures, generated, strict=True):
+        text = "".join(vocab[i] for i in row)
+        texts[repr(temperature)] = text
+        (ctx.out / f"temperature_{temperature!r}.txt").write_text(seed_text + text, encoding="utf-8")
+    # The book's per-epoch samples, from the weights train kept after every epoch.
+    per_epoch = []
+    if p.epoch_sample_length:
+        for weights in sorted((ctx.upstream["train"] / EPOCH_WEIGHTS).glob("epoch-*.weights.h5")):
+            model.load_weights(weights)  # into the same variables: the compiled sampler is reused
+            rows = sampler.generate(seed_ids, p.temperatures, p.epoch_sample_length, p.sampler, p.seed)
+            epoch = int(weights.name.split("-")[1].split(".")[0])
+            per_epoch += [
+                {"epoch": epoch, "temperature": t, "text": "".join(vocab[i] for i in row)}
+                for t, row in zip(p.temperatures, rows, strict=True)
+            ]
+    summary = {
+        "seed_text": seed_text,
+        "seed_start": start,
+        "sampler": p.sampler,
+        "texts": texts,
+        "per_epoch": per_epoch,
+        "chars_per_s": generated.size / seconds,
+    }
+    write_json_atomic(ctx.out / SAMPLES_JSON, summary)
+    ctx.log(f"sampled {generated.size} characters at {summary['chars_per_s']:.0f}/s ({p.sampler})")
+    return {"temperatures": list(texts), "chars_per_s": summary["chars_per_s"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def report(p: TextLSTMParams, dirs: dict[str, Path]) -> Report:
+    train_metrics = json.loads((dirs["train"] / "metrics.json").read_text())
+    meta = json.loads((dirs["vectorize"] / META).read_text())
+    samples = json.loads((dirs["sample"] / SAMPLES_JSON).read_text())
+    history = train_metrics["history"]
+    final = train_metrics["final"]
+    metrics = {
+        "epochs": final["epochs"],
+        "train_loss": final["loss"],
+        **(
+            {"val_loss": final["val_loss"], "val_bits_per_char": final["val_bits_per_char"]}
+            if "val_loss" in final
+            else {}
+        ),
+        "train_samples_per_s": final["samples_per_s"],
+        "sampling_chars_per_s": samples["chars_per_s"],
+        "corpus_characters": meta["characters"],
+        "vocabulary": meta["vocabulary"],
+        "device": final["device"],
+    }
+    sections = [
+        Curve(
+            "Loss per epoch",
+            "loss_curve.png",
+            {k: history[k] for k in ("loss", "val_loss") if k in history},
+            x="epoch",
+            y="cross-entropy (nats/char)",
+        ),
+        *(
+            Text(
+                f"Temperature {t} ({p.sampler} sampler)",
+                text,
+                prefix=samples["seed_text"],
+                name=f"temperature-{t}",
+            )
+            for t, text in samples["texts"].items()
+        ),
+    ]
+    if samples["per_epoch"]:
+        sections.append(Table("Samples after each epoch (same seed)", samples["per_epoch"], name="per-epoch"))
+    return Report(
+        title="text_lstm: character-level LSTM text generation",
+        metrics=metrics,
+        sections=sections,
+        history={k: v for k, v in history.items() if k in ("loss", "val_loss", "val_bits_per_char")},
+    )
+
+
+register(
+    Technique(
+        name="text_lstm",
+        summary="character-level LSTM text generation (Chollet 8.1)",
+        params_model=TextLSTMParams,
+        inputs={"corpus": Input(dataset=lambda p: p.dataset, source="source")},
+        vectorize=vectorize,
+        train=train,
+        sample=sample,
+        report=report,
+        headline=("val_bits_per_char", "val_loss", "train_loss"),
+        plots={"loss": ("loss", "val_loss")},
+        demo_overrides=DEMO,
+        tiny_overrides=TINY,
+        module=__name__,
+    )
+)

