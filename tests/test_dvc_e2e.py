@@ -119,7 +119,7 @@ def test_repro_runs_once_then_only_what_a_param_change_touches(dvc_repo, prefect
 
     # DVC tracks each catalog entry a stage reads, not the whole catalog (chelsea is read by the
     # image techniques' stages, not by text_lstm's).
-    catalog = repo / "models" / "catalog.yaml"
+    catalog = repo / "models" / "inputs" / "catalog.yaml"
     entries = yaml.safe_load(catalog.read_text())
     entries["chelsea"]["description"] = "another cat"
     catalog.write_text(yaml.safe_dump(entries, sort_keys=False))
