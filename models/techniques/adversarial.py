@@ -47,6 +47,7 @@ from models.core.params import TechniqueParams, param
 from models.core.registry import Input, StepContext, Technique, register
 from models.inputs.formats import image_files
 from models.reporting.report import Curve, Grid, Note, Report, Table
+from models.toolkit.backbones import weights_entry
 
 PHOTO, PHOTOS, META = "photo.npy", "photos.npy", "meta.json"
 ATTACKED, PNG, RESULT = "attacked.npy", "adversarial.png", "attack.json"
@@ -55,7 +56,6 @@ CLASSES = 1000  # ImageNet
 LEVEL_TOLERANCE = 1e-3  # of a grey level, so epsilon = exactly k levels allows k levels
 SWEEP_BATCH = 16  # photos per batch of the sweep (a folder of your own can be large)
 DIFF_GAIN = 50  # the difference image is amplified this many times around grey
-WEIGHTS = {"inception_v3": "inception_v3_imagenet", "mobilenet_v2": "mobilenet_v2_imagenet"}
 
 
 class AdversarialParams(TechniqueParams):
@@ -541,7 +541,7 @@ register(
         inputs={
             "photo": Input("chelsea", source="photo_source"),
             "photos": Input("photos", source="photos_source"),
-            "weights": Input(lambda p: WEIGHTS[p.backbone], source="weights_source"),
+            "weights": Input(lambda p: weights_entry(p.backbone, top=True), source="weights_source"),
         },
         vectorize=vectorize,
         train=train,

@@ -39,22 +39,17 @@ import numpy as np
 from pydantic import model_validator
 
 from models.core.errors import GdlError
-from models.core.files import write_json_atomic
+from models.core.files import numbered_files, numbered_name, write_json_atomic
 from models.core.params import TechniqueParams, param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Grid, Image, Note, Report, Table
+from models.toolkit.backbones import weights_entry
 
 IMAGE = "image.npy"  # the photo at the working size, uint8 RGB (vectorize)
 DREAM = "dream.png"
 HISTORY = "history.json"
 FRAMES = "frames"
 
-# The weights input of each backbone (catalog entries).
-WEIGHTS = {
-    "inception_v3": "inception_v3_imagenet_notop",
-    "vgg19": "vgg19_imagenet_notop",
-    "mobilenet_v2": "mobilenet_v2_imagenet",
-}
 BOOK_LAYERS = {"mixed2": 0.2, "mixed3": 3.0, "mixed4": 2.0, "mixed5": 1.5}
 DEMO_LAYERS = {"block_5": 0.5, "block_9": 2.0, "block_12": 2.0, "block_14": 1.0}
 
@@ -281,7 +276,8 @@ def train(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
 
         def frame(i: int) -> None:
             (folder / FRAMES).mkdir(exist_ok=True)
-            save_png(folder / FRAMES / f"step-{i + 1:04d}.png", deprocess(p.backbone, variable.numpy()[0]))
+            image = deprocess(p.backbone, variable.numpy()[0])
+            save_png(folder / FRAMES / numbered_name("step", i + 1, 4), image)
 
         done = k * p.iterations
         result = optimize_resumable(
@@ -354,9 +350,9 @@ def report(p: DeepDreamParams, dirs: Mapping[str, Path]) -> Report:
     frames, captions = [photo], ["original"]
     for o in octaves:
         folder = dirs["train"] / f"octave-{o['octave']}" / FRAMES
-        for f in sorted(folder.glob("step-*.png")):
+        for step, f in numbered_files(folder, "step"):
             frames.append(load_image(f))
-            captions.append(f"octave {o['octave']}, step {int(f.stem.split('-')[1])}")
+            captions.append(f"octave {o['octave']}, step {step}")
     frames.append(dream)
     captions.append("dream")
     losses = [v for o in octaves for v in o["loss"]]
@@ -425,7 +421,7 @@ register(
         params_model=DeepDreamParams,
         inputs={
             "image": Input(dataset=lambda p: p.image, source="image_source"),
-            "weights": Input(dataset=lambda p: WEIGHTS[p.backbone], source="weights_source", optional=True),
+            "weights": Input(lambda p: weights_entry(p.backbone), source="weights_source", optional=True),
         },
         vectorize=vectorize,
         train=train,

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import field_validator
 
 from models.core.errors import GdlError
-from models.core.files import write_json_atomic
+from models.core.files import numbered_files, write_json_atomic
 from models.core.params import TechniqueParams, param
 from models.core.registry import Input, StepContext, Technique, register
 from models.inputs.formats import decode_text
@@ -418,10 +418,9 @@ def sample(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
     # The book's per-epoch samples, from the weights train kept after every epoch.
     per_epoch = []
     if p.epoch_sample_length:
-        for weights in sorted((ctx.upstream["train"] / EPOCH_WEIGHTS).glob("epoch-*.weights.h5")):
+        for epoch, weights in numbered_files(ctx.upstream["train"] / EPOCH_WEIGHTS, "epoch", ".weights.h5"):
             model.load_weights(weights)  # into the same variables: the compiled sampler is reused
             rows = sampler.generate(seed_ids, p.temperatures, p.epoch_sample_length, p.sampler, p.seed)
-            epoch = int(weights.name.split("-")[1].split(".")[0])
             per_epoch += [
                 {"epoch": epoch, "temperature": t, "text": "".join(vocab[i] for i in row)}
                 for t, row in zip(p.temperatures, rows, strict=True)

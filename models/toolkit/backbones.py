@@ -124,6 +124,18 @@ def default_input_size(name: str) -> int:
     return INPUT_SIZE[name]
 
 
+def weights_entry(name: str, top: bool = False) -> str:
+    """The catalog entry (models/inputs/catalog.yaml) of a backbone's ImageNet weights: without
+    the classifier (feature extraction: DeepDream, style transfer) or, with `top`, with it (the
+    attacks). MobileNetV2's torchvision checkpoint always holds its classifier."""
+    _check_name(name)
+    if name == "mobilenet_v2":
+        return "mobilenet_v2_imagenet"
+    if top and name == "vgg19":
+        raise GdlError("no catalog entry for VGG19's weights with the classifier")
+    return f"{name}_imagenet" if top else f"{name}_imagenet_notop"
+
+
 EVAL_CROP = 0.875  # the evaluation view's centre crop: 87.5% of the shorter side (torchvision: 224 of 256)
 
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from models.core.errors import GdlError
+from models.core.files import numbered_files, numbered_name
 from models.core.params import TechniqueParams, param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Image, Note, Report, Section
@@ -273,7 +274,8 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
 
     def snapshot(i: int) -> None:
         frames.mkdir(exist_ok=True)
-        save_png(frames / f"step-{i + 1:06d}.png", image_grid(list(to_uint8(generate(G, z, grid_labels)))))
+        grid = image_grid(list(to_uint8(generate(G, z, grid_labels))))
+        save_png(frames / numbered_name("step", i + 1), grid)
 
     t0 = time.perf_counter()
     result = train_adversarial(
@@ -368,9 +370,9 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
     saved = json.loads((dirs["train"] / HISTORY).read_text())
     final, history = saved["final"], saved["history"]
     quality = json.loads((dirs["sample"] / QUALITY).read_text())
-    frame_files = sorted((dirs["train"] / FRAMES).glob("step-*.png"))
-    frames = [load_image(f) for f in frame_files] or [load_image(dirs["sample"] / SAMPLES)]
-    frame_captions = [f"step {int(f.stem.split('-')[1])}" for f in frame_files] or ["final"]
+    frame_files = numbered_files(dirs["train"] / FRAMES, "step")
+    frames = [load_image(f) for _, f in frame_files] or [load_image(dirs["sample"] / SAMPLES)]
+    frame_captions = [f"step {step}" for step, _ in frame_files] or ["final"]
     from models.toolkit.imagesets import image_set_info
 
     data = image_set_info(dirs["vectorize"])

@@ -28,21 +28,20 @@ import numpy as np
 from pydantic import model_validator
 
 from models.core.errors import GdlError
-from models.core.files import write_json_atomic
+from models.core.files import numbered_files, numbered_name, write_json_atomic
 from models.core.params import param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Grid, Note, Report, Table
 from models.techniques.style.perceptual import PerceptualLoss
 from models.techniques.style.style_transfer import (
     STYLE_LOSS_DEMO,
-    WEIGHTS,
     Objective,
     StyleLossParams,
     build_loss,
     loss_weights,
     make_step,
 )
-from models.toolkit.backbones import preprocess_tensor
+from models.toolkit.backbones import preprocess_tensor, weights_entry
 
 PHOTOS, STYLE, NETWORK, HISTORY, FRAMES = (
     "photos.npz",
@@ -339,7 +338,7 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
 
     def snapshot(i: int) -> None:
         frames.mkdir(exist_ok=True)
-        save_png(frames / f"step-{i + 1:06d}.png", stylize(preview))
+        save_png(frames / numbered_name("step", i + 1), stylize(preview))
 
     t0 = time.perf_counter()
     result = optimize_resumable(
@@ -452,7 +451,7 @@ def report(p: FastStyleTransferParams, dirs: Mapping[str, Path]) -> Report:
     stylised = [load_image(f) for f in sorted(dirs["sample"].glob("stylised-*.png"))]
     content = resize(photos[0], max_side=p.sample_side)
     style = np.load(dirs["vectorize"] / STYLE)
-    frame_files = sorted((dirs["train"] / FRAMES).glob("step-*.png"))
+    frame_files = numbered_files(dirs["train"] / FRAMES, "step")
 
     def caption(name: str, label: str) -> str:
         s = scores[name]
@@ -492,8 +491,8 @@ def report(p: FastStyleTransferParams, dirs: Mapping[str, Path]) -> Report:
             Animation(
                 "The first photo through the network during training",
                 "training.gif",
-                [load_image(f) for f in frame_files] or stylised[:1],
-                [f"step {int(f.stem.split('-')[1])}" for f in frame_files] if frame_files else None,
+                [load_image(f) for _, f in frame_files] or stylised[:1],
+                [f"step {step}" for step, _ in frame_files] if frame_files else None,
             ),
             Curve(
                 "Training loss per step (terms as they enter the total)",
@@ -542,7 +541,7 @@ register(
         inputs={
             "photos": Input("photos", source="content_source"),
             "style": Input(lambda p: p.style, source="style_source"),
-            "weights": Input(lambda p: WEIGHTS[p.backbone], source="weights_source", optional=True),
+            "weights": Input(lambda p: weights_entry(p.backbone), source="weights_source", optional=True),
         },
         vectorize=vectorize,
         train=train,

@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import model_validator
 
 from models.core.errors import GdlError
-from models.core.files import write_json_atomic
+from models.core.files import numbered_files, write_json_atomic
 from models.core.params import TechniqueParams, param
 from models.core.registry import StepContext
 from models.reporting.report import Animation, Curve, Grid, Table
@@ -568,11 +568,11 @@ def triplets(
 def frames_section(caption: str, train_dir: Path) -> Animation | None:
     from models.core.images import load_image
 
-    files = sorted((train_dir / FRAMES).glob("step-*.png"))
+    files = numbered_files(train_dir / FRAMES, "step")
     if not files:
         return None
     return Animation(
-        caption, "training.gif", [load_image(f) for f in files], [f"step {int(f.stem[5:])}" for f in files]
+        caption, "training.gif", [load_image(f) for _, f in files], [f"step {step}" for step, _ in files]
     )
 
 
