@@ -30,6 +30,39 @@ def param(default: Any, step: str, description: str, **constraints: Any) -> Any:
     return Field(default, description=description, json_schema_extra={"step": step}, **constraints)
 
 
+OWN_LOCATION = "your own https://, s3:// or local path"
+
+
+def source_param(
+    what: str, default: str = "remote", *, remote: str | None = "", offline: str = "", own: str = ""
+) -> Any:
+    """Where an input is read from (an `Input`'s source field): remote (the book's source),
+    offline (a packaged stand-in) or a location of the user's own. `remote`, `offline` and `own`
+    add a note to each choice; `remote=None` says the input has no remote source."""
+
+    def noted(choice: str, note: str) -> str:
+        return f"{choice} ({note})" if note else choice
+
+    choices = [] if remote is None else [noted("remote", remote)]
+    choices += [noted("offline", offline), noted(OWN_LOCATION, own)]
+    return param(default, "download", f"Where to read {what}: {', '.join(choices[:-1])} or {choices[-1]}.")
+
+
+def weights_source_param(what: str, *, optional: bool = True) -> Any:
+    """Where a network's pretrained weights are read from; an optional input also takes none."""
+    choices = "remote, offline, a file of your own, or none (random initialisation)"
+    if not optional:
+        choices = "remote, offline or a file of your own"
+    return param("remote", "download", f"Where to read {what}: {choices}.")
+
+
+def max_pixels_param(default: int = 50_000_000, what: str = "images", ge: int = 1) -> Any:
+    """The decompression-bomb guard of an image input."""
+    return param(
+        default, "vectorize", f"Refuse {what} with more pixels than this (checked before decoding).", ge=ge
+    )
+
+
 class TechniqueParams(BaseModel):
     """Fields every technique has. Subclasses add the technique's own, with the book's defaults."""
 

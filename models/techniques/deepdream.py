@@ -40,7 +40,13 @@ from pydantic import model_validator
 
 from models.core.errors import GdlError
 from models.core.files import numbered_files, numbered_name, write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.params import (
+    TechniqueParams,
+    max_pixels_param,
+    param,
+    source_param,
+    weights_source_param,
+)
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Grid, Image, Note, Report, Table
 from models.toolkit.backbones import weights_entry
@@ -60,21 +66,12 @@ class DeepDreamParams(TechniqueParams):
         "download",
         "Catalog image to dream on (Chollet 8.2 uses the reader's own photo; keras-io's sky).",
     )
-    image_source: str = param(
-        "remote", "download", "Where to read the image: remote, offline, or your own https://, s3:// or path."
-    )
+    image_source: str = source_param("the image")
     backbone: Literal["inception_v3", "mobilenet_v2", "vgg19"] = param(
         "inception_v3", "download", "ImageNet convnet whose layers are excited (Chollet 8.2: InceptionV3)."
     )
-    weights_source: str = param(
-        "remote",
-        "download",
-        "Where to read the backbone's ImageNet weights: remote, offline, a location of your own, "
-        "or none (random initialisation).",
-    )
-    max_pixels: int = param(
-        16_000_000, "vectorize", "Refuse images with more pixels than this (checked before decoding).", ge=1
-    )
+    weights_source: str = weights_source_param("the backbone's ImageNet weights")
+    max_pixels: int = max_pixels_param(16_000_000)
     max_side: int | None = param(
         None,
         "vectorize",

@@ -23,7 +23,7 @@ from pydantic import field_validator
 
 from models.core.errors import GdlError
 from models.core.files import numbered_files, write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.params import TechniqueParams, param, source_param
 from models.core.registry import Input, StepContext, Technique, register
 from models.inputs.formats import decode_text
 from models.reporting.report import Curve, Report, Table, Text
@@ -37,12 +37,7 @@ EPOCH_WEIGHTS = "epochs"  # per-epoch weights, sampled by the sample step (the b
 
 class TextLSTMParams(TechniqueParams):
     dataset: str = param("nietzsche", "download", "Dataset name in the catalog (Chollet 8.1).")
-    source: str = param(
-        "remote",
-        "download",
-        "Where to read the dataset: remote (the book's URL), offline (a packaged stand-in), "
-        "or your own https://, s3:// or local path.",
-    )
+    source: str = source_param("the dataset", remote="the book's URL", offline="a packaged stand-in")
     max_chars: int | None = param(
         None, "vectorize", "Use only the first N characters of the corpus (null: all).", ge=1
     )

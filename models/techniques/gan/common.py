@@ -15,7 +15,7 @@ import numpy as np
 
 from models.core.errors import GdlError
 from models.core.files import numbered_files, numbered_name
-from models.core.params import TechniqueParams, param
+from models.core.params import TechniqueParams, param, source_param, weights_source_param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Image, Note, Report, Section
 from models.techniques.gan.trainer import (
@@ -27,22 +27,23 @@ from models.techniques.gan.trainer import (
     to_uint8,
     train_adversarial,
 )
+from models.toolkit.backbones import weights_entry
+
+LEGIBLE = 0.9  # a generated digit counts as legible when the classifier gives one class >= this
 
 
 class GanParams(TechniqueParams):
     """Fields every GAN technique has; a variant's subclass sets the book's values as defaults,
-    its technique's NAME and SUMMARY, and its networks (`architecture`)."""
+    its technique's NAME and SUMMARY, and its networks (`architecture`). DigitsParams and
+    ColourParams say how its images are scored (DIGITS, HEADLINE, `quality_note`)."""
 
     NAME: ClassVar[str] = ""
     SUMMARY: ClassVar[str] = ""
+    DIGITS: ClassVar[bool] = False  # scored by the pipeline's own digits classifier
+    HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "kid", "g_loss")  # the gallery's, unless the spec says
 
     dataset: str = param("mnist", "download", "Image set in the catalog.")
-    source: str = param(
-        "remote",
-        "download",
-        "Where to read the image set: remote (the book's source), offline (a packaged stand-in), "
-        "or your own https://, s3:// or local path.",
-    )
+    source: str = source_param("the image set", remote="the book's source", offline="a packaged stand-in")
     heldout: float = param(
         0.1,
         "vectorize",
@@ -100,9 +101,24 @@ class GanParams(TechniqueParams):
     def architecture(self) -> str:
         raise NotImplementedError
 
+    def label_classes(self) -> int:
+        """Classes the generator is conditioned on (0: unconditional)."""
+        return 0
+
+    def kept_class(self) -> int | None:
+        """The one class of the image set kept for training (None: every class)."""
+        return None
+
+    def quality_note(self) -> str:
+        """What the report says about the features FID/KID are computed in."""
+        raise NotImplementedError
+
 
 class DigitsParams(GanParams):
     """A GAN of digits: scored with a digits classifier the pipeline trains itself."""
+
+    DIGITS = True
+    HEADLINE = ("legible_fraction", "fid", "kid")
 
     classifier_epochs: int = param(
         3,
@@ -111,16 +127,19 @@ class DigitsParams(GanParams):
         ge=1,
     )
 
+    def quality_note(self) -> str:
+        return (
+            " For digits the features are those of a small classifier this pipeline trains on the "
+            "training split (as TF-GAN's MNIST Frechet distance does), so scores compare runs of this "
+            f"pipeline, not published MNIST FIDs; a digit is legible when that classifier gives one class "
+            f">= {LEGIBLE}."
+        )
+
 
 class ColourParams(GanParams):
     """A GAN of colour images: scored with the ImageNet MobileNetV2's pooled features."""
 
-    weights_source: str = param(
-        "remote",
-        "download",
-        "ImageNet MobileNetV2 weights for FID/KID features: remote, offline, none (random) or a file of "
-        "your own.",
-    )
+    weights_source: str = weights_source_param("the ImageNet MobileNetV2 weights for FID/KID features")
     feature_side: int = param(
         96,
         "sample",
@@ -128,6 +147,9 @@ class ColourParams(GanParams):
         "(trained at 224; 96 is CPU-sized). FID/KID compare only at one side.",
         ge=16,
     )
+
+    def quality_note(self) -> str:
+        return f" Images are quantised to 8 bits, then resized (bicubic) to {self.feature_side}px."
 
 
 # Files of the steps
@@ -149,18 +171,18 @@ ExtraReport = Callable[[Any, Mapping[str, Path]], list[Section]]
 @dataclass(frozen=True)
 class GanSpec:
     """What a variant declares besides its params model (whose NAME and SUMMARY name it):
-    everything else is shared. `train`, `sample` and `report` are the variant module's own
-    top-level step functions calling this module's, so each step's code version covers the
-    variant's code (its networks and recipe, its extra samples and sections)."""
+    everything else is shared. `vectorize`, `train`, `sample` and `report` are the variant
+    module's own top-level step functions calling this module's, so each step's code version
+    covers the variant's code (its params classes' methods, its extra samples and sections)."""
 
     params_model: type[GanParams]
     demo: Mapping[str, Any]
     tiny: Mapping[str, Any]
-    headline: tuple[str, ...] | None = None  # None: legibility, FID, KID (digits); FID, KID, g_loss
+    headline: tuple[str, ...] | None = None  # None: the params class's HEADLINE
+    vectorize: Callable[[Any, StepContext], dict[str, Any]] | None = None
     train: Callable[[Any, StepContext], dict[str, Any]] | None = None
     sample: Callable[[Any, StepContext], dict[str, Any]] | None = None
     report: Callable[[Any, Mapping[str, Path]], Report] | None = None
-    module: str = ""
 
 
 def load_set(folder: Path, split: str, what: str, num_classes: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +206,7 @@ def vectorize(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         value_range="tanh",
         heldout=p.heldout,
         seed=p.seed,
-        class_filter=getattr(p, "class_filter", None),
+        class_filter=p.kept_class(),
         size=p.image_size,
         limit=p.limit,
         source=p.source,
@@ -192,7 +214,7 @@ def vectorize(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     ctx.log(info["description"])
     x, y = load_set(ctx.out, "train", f"image set {p.dataset}")
     summary = {"train_images": len(x), "image_shape": "x".join(map(str, x.shape[1:]))}
-    if isinstance(p, DigitsParams):
+    if p.DIGITS:
         from models.core.files import write_json_atomic
         from models.toolkit.quality import classifier_predict, save_classifier, train_digits_classifier
 
@@ -221,7 +243,7 @@ class Scorer:
     def __init__(self, p: GanParams, dirs: Mapping[str, Path], inputs: Mapping[str, Path]):
         from models.toolkit import quality
 
-        self.digits = isinstance(p, DigitsParams)
+        self.digits = p.DIGITS
         if self.digits:
             self.classifier = quality.load_classifier(dirs["vectorize"] / CLASSIFIER)
             self.features = quality.digits_extractor(self.classifier)
@@ -248,10 +270,6 @@ def build_networks(p: GanParams, shape: tuple[int, ...], num_classes: int = 0):
     return arch.build(shape, p.latent_dim, p.width, num_classes, critic=p.loss == "wasserstein")
 
 
-def _num_classes(p: GanParams) -> int:
-    return int(getattr(p, "num_classes", 0))
-
-
 def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     import time
 
@@ -261,7 +279,7 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     from models.toolkit.training import configure_runtime
 
     device = configure_runtime(p.device, p.mixed_precision, ctx.log)
-    num_classes = _num_classes(p)
+    num_classes = p.label_classes()
     recipe = p.recipe(num_classes)
     x, y = load_set(ctx.upstream["vectorize"], "train", f"image set {p.dataset}", num_classes)
     keras.utils.set_random_seed(p.seed)  # the same initial networks on resume
@@ -326,7 +344,7 @@ def sample(p: GanParams, ctx: StepContext, extra: ExtraSample | None = None) -> 
     from models.core.images import image_grid, save_png
     from models.toolkit.training import load_model
 
-    num_classes = _num_classes(p)
+    num_classes = p.label_classes()
     G = load_model(ctx.upstream["train"] / GENERATOR)
     real, _ = load_set(ctx.upstream["vectorize"], "heldout", f"image set {p.dataset}")
     rng = np.random.default_rng([p.seed, 0x5A3])
@@ -357,9 +375,6 @@ def sample(p: GanParams, ctx: StepContext, extra: ExtraSample | None = None) -> 
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-LEGIBLE = 0.9  # a generated digit counts as legible when the classifier gives one class >= this
-
-
 def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = None) -> Report:
     """Samples, the fixed latents' progression, losses, D's scores and the quality metrics;
     `extra(p, dirs)` adds the variant's own sections."""
@@ -387,17 +402,9 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
         ]
     losses = {k: history[k] for k in ("d_loss", "g_loss") if k in history}
     scores = {f"D on {k[2:]}": history[k] for k in ("d_real", "d_fake") if k in history}
-    r = p.recipe(_num_classes(p))
+    r = p.recipe(p.label_classes())
     constraint = (f", weights clipped to +-{r.clip_value}" if r.clip_value else "") + (
         f", gradient penalty {r.gp_weight}" if r.gp_weight else ""
-    )
-    digits_note = (
-        " For digits the features are those of a small classifier this pipeline trains on the "
-        "training split (as TF-GAN's MNIST Frechet distance does), so scores compare runs of this "
-        f"pipeline, not published MNIST FIDs; a digit is legible when that classifier gives one class "
-        f">= {LEGIBLE}."
-        if isinstance(p, DigitsParams)
-        else f" Images are quantised to 8 bits, then resized (bicubic) to {getattr(p, 'feature_side', 0)}px."
     )
     sections: list[Section] = [
         Image(
@@ -423,7 +430,7 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
             f"batch {p.batch_size}, {final['steps']} steps; generator {final['generator_parameters']} "
             f"and discriminator {final['discriminator_parameters']} parameters (width x{p.width}). "
             f"FID and KID between {p.sample_count} generated and the held-out real images, "
-            f"features: {quality['quality_features']}." + digits_note + f" Data: {data['description']}."
+            f"features: {quality['quality_features']}." + p.quality_note() + f" Data: {data['description']}."
         )
     )
     return Report(
@@ -431,35 +438,30 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
         metrics=metrics,
         sections=sections,
         history={k: history[k] for k in ("d_loss", "g_loss", "d_real", "d_fake") if k in history},
-        weights=None if isinstance(p, DigitsParams) else quality["quality_features"],
+        weights=None if p.DIGITS else quality["quality_features"],
     )
 
 
 def register_gan(spec: GanSpec) -> Technique:
     model = spec.params_model
     inputs = {"images": Input(lambda p: p.dataset, source="source")}
-    if not issubclass(model, DigitsParams):
-        inputs["weights"] = Input("mobilenet_v2_imagenet", source="weights_source", optional=True)
+    if not model.DIGITS:  # ColourParams: ImageNet MobileNetV2 features
+        inputs["weights"] = Input(weights_entry("mobilenet_v2"), source="weights_source", optional=True)
     return register(
         Technique(
             name=model.NAME,
             summary=model.SUMMARY,
             params_model=model,
             inputs=inputs,
-            vectorize=vectorize,
+            vectorize=spec.vectorize or vectorize,
             train=spec.train or train,
             sample=spec.sample or sample,
             report=spec.report or report,
-            headline=spec.headline
-            or (
-                ("legible_fraction", "fid", "kid")
-                if issubclass(model, DigitsParams)
-                else ("fid", "kid", "g_loss")
-            ),
+            headline=spec.headline or model.HEADLINE,
             history_x="step",
             plots={"losses": ("d_loss", "g_loss"), "discriminator": ("d_real", "d_fake")},
             demo_overrides=spec.demo,
             tiny_overrides=spec.tiny,
-            module=spec.module,
+            module=model.__module__,  # the variant's module
         )
     )

@@ -30,6 +30,7 @@ from pydantic import model_validator
 from models.core.errors import GdlError
 from models.core.files import write_json_atomic
 from models.core.params import param
+from models.core.registry import Technique
 from models.reporting.report import Grid, Report, Section, Table
 from models.techniques.gan.common import (
     ColourParams,
@@ -40,6 +41,7 @@ from models.techniques.gan.common import (
     register_gan,
     report,
     sample,
+    vectorize,
 )
 from models.techniques.gan.common import train as train_gan
 from models.techniques.gan.trainer import Recipe, generate, to_uint8
@@ -65,12 +67,42 @@ COLOUR_TINY = {
 }
 
 
-def train_variant(p: GanParams, ctx: StepContext) -> dict[str, Any]:
-    """The shared trainer for this module's variants: their params classes choose the networks
-    and the recipe, so this step's code version follows them."""
+def variant(p: GanParams) -> GanParams:
+    """`p`, checked to be one of this module's variants. Every step of a variant calls it: its
+    params class chooses the networks, the recipe, the kept class, the label classes and how the
+    images are scored (methods the shared steps call), so each step's code version follows the
+    params classes declared here."""
     if not isinstance(p, VARIANTS):
         raise GdlError(f"{type(p).__name__} is not a GAN variant of {__name__}")
-    return train_gan(p, ctx)
+    return p
+
+
+def vectorize_variant(p: GanParams, ctx: StepContext) -> dict[str, Any]:
+    return vectorize(variant(p), ctx)
+
+
+def train_variant(p: GanParams, ctx: StepContext) -> dict[str, Any]:
+    return train_gan(variant(p), ctx)
+
+
+def sample_variant(p: GanParams, ctx: StepContext) -> dict[str, Any]:
+    return sample(variant(p), ctx)
+
+
+def report_variant(p: GanParams, dirs: Mapping[str, Path]) -> Report:
+    return report(variant(p), dirs)
+
+
+def register_variant(params_model: type[GanParams], **spec: Any) -> Technique:
+    """`register_gan` with this module's steps as the defaults (a variant names its own sample
+    and report when it adds to them)."""
+    steps = {
+        "vectorize": vectorize_variant,
+        "train": train_variant,
+        "sample": sample_variant,
+        "report": report_variant,
+    }
+    return register_gan(GanSpec(params_model, **{**steps, **spec}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,24 +124,20 @@ class VanillaGanParams(DigitsParams):
         return "cookbook_dense"
 
 
-register_gan(
-    GanSpec(
-        params_model=VanillaGanParams,
-        # The book's networks (half width was measured twice as fast and much less legible), at
-        # 2.5 times the book's rate: 38% of the digits legible after 1,500 steps, 11% at 2e-4.
-        demo={
-            **DIGITS_DEMO,
-            "batch_size": 64,
-            "steps": 1500,
-            "d_learning_rate": 5e-4,
-            "g_learning_rate": 5e-4,
-            "checkpoint_every": 250,
-            "snapshot_every": 150,
-        },
-        tiny=DIGITS_TINY,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=VanillaGanParams,
+    # The book's networks (half width was measured twice as fast and much less legible), at
+    # 2.5 times the book's rate: 38% of the digits legible after 1,500 steps, 11% at 2e-4.
+    demo={
+        **DIGITS_DEMO,
+        "batch_size": 64,
+        "steps": 1500,
+        "d_learning_rate": 5e-4,
+        "g_learning_rate": 5e-4,
+        "checkpoint_every": 250,
+        "snapshot_every": 150,
+    },
+    tiny=DIGITS_TINY,
 )
 
 
@@ -131,25 +159,21 @@ class DcganParams(DigitsParams):
         return {"mnist": "vasilev_dcgan", "frogs": "chollet_dcgan"}[self.variant]
 
 
-register_gan(
-    GanSpec(
-        params_model=DcganParams,
-        # Thinner networks (1/8 of the filters), more steps and a higher rate than Vasilev's 2e-4:
-        # on 2 CPU cores this reaches digit shapes within the 3-minute budget.
-        demo={
-            **DIGITS_DEMO,
-            "width": 0.125,
-            "batch_size": 64,
-            "steps": 1000,
-            "d_learning_rate": 5e-4,
-            "g_learning_rate": 5e-4,
-            "checkpoint_every": 200,
-            "snapshot_every": 100,
-        },
-        tiny=DIGITS_TINY,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=DcganParams,
+    # Thinner networks (1/8 of the filters), more steps and a higher rate than Vasilev's 2e-4:
+    # on 2 CPU cores this reaches digit shapes within the 3-minute budget.
+    demo={
+        **DIGITS_DEMO,
+        "width": 0.125,
+        "batch_size": 64,
+        "steps": 1000,
+        "d_learning_rate": 5e-4,
+        "g_learning_rate": 5e-4,
+        "checkpoint_every": 200,
+        "snapshot_every": 100,
+    },
+    tiny=DIGITS_TINY,
 )
 
 
@@ -179,28 +203,27 @@ class DcganFrogsParams(ColourParams):
     def architecture(self) -> str:
         return {"mnist": "vasilev_dcgan", "frogs": "chollet_dcgan"}[self.variant]
 
+    def kept_class(self) -> int | None:
+        return self.class_filter
 
-register_gan(
-    GanSpec(
-        params_model=DcganFrogsParams,
-        demo={
-            **OFFLINE,
-            "weights_source": "offline",
-            # 24 px instead of CIFAR's 32 and 1/8 of the filters: Chollet's networks at full size
-            # run under one step a second on 2 cores. Thinner still (1/16) collapsed to one colour.
-            "image_size": 24,
-            "width": 0.125,
-            "limit": 2000,
-            "heldout": 0.15,
-            "sample_count": 150,
-            "steps": 200,
-            "checkpoint_every": 50,
-            "snapshot_every": 20,
-        },
-        tiny={**COLOUR_TINY, "width": 0.05},
-        train=train_variant,
-        module=__name__,
-    )
+
+register_variant(
+    params_model=DcganFrogsParams,
+    demo={
+        **OFFLINE,
+        "weights_source": "offline",
+        # 24 px instead of CIFAR's 32 and 1/8 of the filters: Chollet's networks at full size
+        # run under one step a second on 2 cores. Thinner still (1/16) collapsed to one colour.
+        "image_size": 24,
+        "width": 0.125,
+        "limit": 2000,
+        "heldout": 0.15,
+        "sample_count": 150,
+        "steps": 200,
+        "checkpoint_every": 50,
+        "snapshot_every": 20,
+    },
+    tiny={**COLOUR_TINY, "width": 0.05},
 )
 
 
@@ -230,6 +253,9 @@ class CganParams(DigitsParams):
 
     def architecture(self) -> str:
         return "vasilev_cgan"
+
+    def label_classes(self) -> int:
+        return self.num_classes
 
 
 def cgan_samples(p: CganParams, G, ctx: StepContext, scorer) -> dict[str, Any]:
@@ -273,24 +299,20 @@ def cgan_sections(p: CganParams, dirs: Mapping[str, Path]) -> list[Section]:
 
 
 def cgan_sample(p: CganParams, ctx: StepContext) -> dict[str, Any]:
-    return sample(p, ctx, cgan_samples)
+    return sample(variant(p), ctx, cgan_samples)
 
 
 def cgan_report(p: CganParams, dirs: Mapping[str, Path]) -> Report:
-    return report(p, dirs, cgan_sections)
+    return report(variant(p), dirs, cgan_sections)
 
 
-register_gan(
-    GanSpec(
-        params_model=CganParams,
-        demo={**DIGITS_DEMO, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "snapshot_every": 150},
-        tiny={**DIGITS_TINY, "labels": [1, 2]},
-        headline=("requested_label_accuracy", "fid", "kid"),
-        sample=cgan_sample,
-        report=cgan_report,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=CganParams,
+    demo={**DIGITS_DEMO, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "snapshot_every": 150},
+    tiny={**DIGITS_TINY, "labels": [1, 2]},
+    headline=("requested_label_accuracy", "fid", "kid"),
+    sample=cgan_sample,
+    report=cgan_report,
 )
 
 
@@ -334,25 +356,21 @@ class WganParams(DigitsParams):
 
 WGAN_DEMO = {**DIGITS_DEMO, "batch_size": 64, "checkpoint_every": 100, "snapshot_every": 60}
 
-register_gan(
-    GanSpec(
-        params_model=WganParams,
-        # RMSprop 5e-5 needs tens of thousands of steps; the demo raises the rate to see digits on
-        # CPU, and the clipping bound from 0.01 to 0.05: at 0.01 the clipped critic tells blobs
-        # from digits too weakly (measured after 2,500 steps: 0.01 -> 18% of the digits legible,
-        # 0.02 -> 25%, 0.03 -> 28%; 0.05 reaches 33% after 2,000). 1,600 steps keep `dvc repro`
-        # of the five stages under 2.5 minutes.
-        demo={
-            **WGAN_DEMO,
-            "steps": 1600,
-            "clip_value": 0.05,
-            "d_learning_rate": 1e-3,
-            "g_learning_rate": 1e-3,
-        },
-        tiny=DIGITS_TINY,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=WganParams,
+    # RMSprop 5e-5 needs tens of thousands of steps; the demo raises the rate to see digits on
+    # CPU, and the clipping bound from 0.01 to 0.05: at 0.01 the clipped critic tells blobs
+    # from digits too weakly (measured after 2,500 steps: 0.01 -> 18% of the digits legible,
+    # 0.02 -> 25%, 0.03 -> 28%; 0.05 reaches 33% after 2,000). 1,600 steps keep `dvc repro`
+    # of the five stages under 2.5 minutes.
+    demo={
+        **WGAN_DEMO,
+        "steps": 1600,
+        "clip_value": 0.05,
+        "d_learning_rate": 1e-3,
+        "g_learning_rate": 1e-3,
+    },
+    tiny=DIGITS_TINY,
 )
 
 
@@ -370,16 +388,12 @@ class WganGpParams(WganParams):
     beta_2: float = param(0.9, "train", "Adam beta_2 (Gulrajani et al.: 0.9).", ge=0, lt=1)
 
 
-register_gan(
-    GanSpec(
-        params_model=WganGpParams,
-        # 1,000 steps: 41% of the digits legible, 1,500: 46% but `dvc repro` of the five stages
-        # took 177 s of the 3 minutes.
-        demo={**WGAN_DEMO, "steps": 1200, "d_learning_rate": 5e-4, "g_learning_rate": 5e-4},
-        tiny=DIGITS_TINY,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=WganGpParams,
+    # 1,000 steps: 41% of the digits legible, 1,500: 46% but `dvc repro` of the five stages
+    # took 177 s of the 3 minutes.
+    demo={**WGAN_DEMO, "steps": 1200, "d_learning_rate": 5e-4, "g_learning_rate": 5e-4},
+    tiny=DIGITS_TINY,
 )
 
 
@@ -467,34 +481,30 @@ def face_sections(p: FaceGanParams, dirs: Mapping[str, Path]) -> list[Section]:
 
 
 def face_sample(p: FaceGanParams, ctx: StepContext) -> dict[str, Any]:
-    return sample(p, ctx, face_samples)
+    return sample(variant(p), ctx, face_samples)
 
 
 def face_report(p: FaceGanParams, dirs: Mapping[str, Path]) -> Report:
-    return report(p, dirs, face_sections)
+    return report(variant(p), dirs, face_sections)
 
 
-register_gan(
-    GanSpec(
-        params_model=FaceGanParams,
-        demo={
-            **OFFLINE,
-            "weights_source": "offline",
-            "image_size": 24,
-            "heldout": 0.2,
-            "sample_count": 100,
-            "width": 0.5,
-            "batch_size": 16,
-            "steps": 300,
-            "checkpoint_every": 100,
-            "snapshot_every": 40,
-        },
-        tiny={**COLOUR_TINY, "image_size": 16, "interpolation_steps": 3},
-        sample=face_sample,
-        report=face_report,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=FaceGanParams,
+    demo={
+        **OFFLINE,
+        "weights_source": "offline",
+        "image_size": 24,
+        "heldout": 0.2,
+        "sample_count": 100,
+        "width": 0.5,
+        "batch_size": 16,
+        "steps": 300,
+        "checkpoint_every": 100,
+        "snapshot_every": 40,
+    },
+    tiny={**COLOUR_TINY, "image_size": 16, "interpolation_steps": 3},
+    sample=face_sample,
+    report=face_report,
 )
 
 

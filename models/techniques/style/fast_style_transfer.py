@@ -29,7 +29,7 @@ from pydantic import model_validator
 
 from models.core.errors import GdlError
 from models.core.files import numbered_files, numbered_name, write_json_atomic
-from models.core.params import param
+from models.core.params import param, source_param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Grid, Note, Report, Table
 from models.techniques.style.perceptual import PerceptualLoss
@@ -55,11 +55,12 @@ DOWNSCALE = 4  # two stride-2 convolutions: sides must be multiples of 4 to come
 
 
 class FastStyleTransferParams(StyleLossParams):
-    content_source: str = param(
+    content_source: str = source_param(
+        "the content photos to train on",
         "offline",
-        "download",
-        "Content photos to train on: offline (the bundled `photos`; the catalog has no COCO, which "
-        "Johnson et al. train on) or a folder, URL, archive or s3:// prefix of your own.",
+        remote=None,
+        offline="the bundled `photos`; the catalog has no COCO, which Johnson et al. train on",
+        own="a folder, file or archive",
     )
     image_size: int = param(
         256, "vectorize", "Side of the square training crops (Johnson et al.: 256).", ge=16

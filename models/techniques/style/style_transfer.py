@@ -26,7 +26,13 @@ import numpy as np
 from pydantic import model_validator
 
 from models.core.files import numbered_files, numbered_name, write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.params import (
+    TechniqueParams,
+    max_pixels_param,
+    param,
+    source_param,
+    weights_source_param,
+)
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Grid, Image, Note, Report, Table
 from models.techniques.style.perceptual import LossWeights, PerceptualLoss
@@ -54,18 +60,12 @@ class StyleLossParams(TechniqueParams):
     style: str = param(
         "starry_night", "download", "Style image: a catalog entry (keras-io: The Starry Night)."
     )
-    style_source: str = param(
-        "remote", "download", "Where to read the style image: remote, offline, or your own path/URL/s3://."
-    )
+    style_source: str = source_param("the style image")
     backbone: Literal["vgg19", "mobilenet_v2"] = param(
         "vgg19", "download", "Loss network (Chollet 8.3: VGG19); its ImageNet weights are an input."
     )
-    weights_source: str = param(
-        "remote", "download", "Loss network weights: remote, offline, your own file, or none (random)."
-    )
-    max_pixels: int = param(
-        50_000_000, "vectorize", "Refuse images with more pixels than this (checked before decoding).", ge=4
-    )
+    weights_source: str = weights_source_param("the loss network's ImageNet weights")
+    max_pixels: int = max_pixels_param(ge=4)
     content_layer: str = param("block5_conv2", "train", "Content layer (Chollet 8.3: block5_conv2).")
     style_layers: list[str] = param(
         BOOK_STYLE_LAYERS, "train", "Style layers (Chollet 8.3: block1_conv1 ... block5_conv1)."
@@ -105,9 +105,7 @@ STYLE_LOSS_DEMO = {
 
 class StyleTransferParams(StyleLossParams):
     content: str = param("paris", "download", "Content image: a catalog entry (Chollet 8.3: your own photo).")
-    content_source: str = param(
-        "remote", "download", "Where to read the content image: remote, offline, or your own path/URL/s3://."
-    )
+    content_source: str = source_param("the content image")
     height: int = param(400, "vectorize", "Height the images are resized to (Chollet 8.3: 400).", ge=8)
     optimizer: Literal["lbfgs", "adam"] = param(
         "lbfgs", "train", "lbfgs: SciPy L-BFGS-B on the flattened image (Chollet 8.3); adam: compiled Adam."

