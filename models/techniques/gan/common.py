@@ -276,7 +276,7 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     import keras
 
     from models.core.images import image_grid, save_png
-    from models.toolkit.training import configure_runtime
+    from models.toolkit.training import configure_runtime, step_summary
 
     device = configure_runtime(p.device, p.mixed_precision, ctx.log)
     num_classes = p.label_classes()
@@ -319,15 +319,12 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     G.save(ctx.out / GENERATOR)
     history = result["history"]
-    trained = result["iterations"] - result["resumed_from"]
     last = slice(-min(50, len(history["g_loss"])), None)
     final = {
         **{k: float(np.mean(v[last])) for k, v in history.items()},
-        "steps": result["iterations"],
-        "train_steps_per_s": trained / seconds if trained else None,
+        **step_summary(result, seconds),
         "generator_parameters": int(G.count_params()),
         "discriminator_parameters": int(D.count_params()),
-        "resumed_from_step": result["resumed_from"],
         "device": device,
     }
     from models.core.files import write_json_atomic

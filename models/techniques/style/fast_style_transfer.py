@@ -315,7 +315,7 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
     import keras
 
     from models.core.images import save_png
-    from models.toolkit.training import configure_runtime, optimize_resumable
+    from models.toolkit.training import configure_runtime, optimize_resumable, step_summary
 
     device = configure_runtime(
         p.device, p.mixed_precision, ctx.log, float32_only="the perceptual loss is computed in float32"
@@ -359,17 +359,14 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     net.save_weights(ctx.out / NETWORK)
     history = result["history"]
-    trained = result["iterations"] - result["resumed_from"]
     last = slice(-min(10, len(history["total"])), None)
     final = {
         "train_loss": float(np.mean(history["total"][last])),
         "train_content_loss": float(np.mean(history["content"][last])),
         "train_style_loss": float(np.mean(history["style"][last])),
         "first_train_loss": history["total"][0],
-        "steps": result["iterations"],
-        "train_steps_per_s": trained / seconds if trained else None,
+        **step_summary(result, seconds),
         "network_parameters": int(net.count_params()),
-        "resumed_from_step": result["resumed_from"],
         "device": device,
     }
     write_json_atomic(ctx.out / HISTORY, {"final": final, "history": history, "weights": described})

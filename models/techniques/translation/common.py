@@ -445,7 +445,7 @@ def train_networks(
     counts) and the device."""
     import time
 
-    from models.toolkit.training import optimize_resumable
+    from models.toolkit.training import optimize_resumable, step_summary
 
     t0 = time.perf_counter()
     result = optimize_resumable(
@@ -464,14 +464,11 @@ def train_networks(
     )
     seconds = time.perf_counter() - t0
     history = result["history"]
-    trained = result["iterations"] - result["resumed_from"]
     last = slice(-min(20, len(history["g_loss"])), None)
     final = {
         **{f"train_{k}": float(np.mean(v[last])) for k, v in history.items()},
-        "steps": result["iterations"],
-        "train_steps_per_s": trained / seconds if trained else None,
+        **step_summary(result, seconds),
         **sizes,
-        "resumed_from_step": result["resumed_from"],
         "device": device,
     }
     write_json_atomic(ctx.out / HISTORY, {"final": final, "history": history})
