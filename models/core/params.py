@@ -112,8 +112,33 @@ def _describe_error(section: str, err: Mapping[str, Any]) -> str:
     return f"{loc}: {err['msg']} (got {err.get('input')!r})"
 
 
+# Renamed parameters, old name -> new name: a params.yaml section or `--set` that still uses an
+# old name fails naming the new one. RENAMED holds for every technique that has the new name;
+# RENAMED_IN per technique, where one old name took different new ones.
+RENAMED: dict[str, str] = {
+    "heldout": "held_out",  # GAN and VAE, as the translation techniques spell it
+    "snapshot_every": "frame_every",  # GANs, as the other iterative techniques spell it
+    "clip_value": "weight_clip",  # GANs: WGAN's critic weight clipping
+    "clipvalue": "gradient_clip",  # GANs: the optimisers' gradient value clipping
+}
+RENAMED_IN: dict[str, dict[str, str]] = {
+    "deepdream": {"step": "step_size"},  # a float step size
+    "text_lstm": {"step": "stride"},  # an integer stride between windows
+}
+
+
+def renamed_to(section: str, model: type[TechniqueParams], name: str) -> str | None:
+    """The new name of a parameter `name` that `section`'s model no longer has (None: not renamed)."""
+    new = RENAMED_IN.get(section, {}).get(name) or RENAMED.get(name)
+    return new if new in model.model_fields and name not in model.model_fields else None
+
+
 def validate(section: str, model: type[TechniqueParams], values: Mapping[str, Any]):
     """Build the params model, turning pydantic's report into one readable line."""
+    for name in values:
+        new = renamed_to(section, model, name)
+        if new:
+            raise GdlError(f"{section}: parameter '{name}' was renamed to '{new}'")
     try:
         return model(**values)
     except ValidationError as exc:

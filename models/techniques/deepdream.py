@@ -2,7 +2,7 @@
 
 The loss is a weighted sum of the mean squared activations of a few layers (borders excluded, so
 the padding's edge effects do not dominate). One compiled step computes its gradient with respect
-to the image, normalises it by its mean absolute value and moves the image up by `step`. The image
+to the image, normalises it by its mean absolute value and moves the image up by `step_size`. The image
 is processed in octaves, smallest first: it is dreamed on, upscaled by `octave_scale`, and the
 detail lost by shrinking (the original at this size minus the upscaled shrunk original) is put back
 (the book's order: after each octave's ascent). An octave stops early once its loss exceeds
@@ -87,7 +87,7 @@ class DeepDreamParams(TechniqueParams):
     border: int = param(
         2, "train", "Activation pixels excluded at each border from the loss (Chollet 8.2: 2).", ge=0
     )
-    step: float = param(
+    step_size: float = param(
         0.01, "train", "Gradient-ascent step on the preprocessed image (Chollet 8.2: 0.01).", gt=0
     )
     iterations: int = param(20, "train", "Ascent steps per octave (Chollet 8.2: 20).", ge=1)
@@ -122,7 +122,7 @@ DEMO = {
     "weights_source": "offline",
     "max_side": 320,
     "layers": DEMO_LAYERS,
-    "step": 0.02,
+    "step_size": 0.02,
     "iterations": 15,
     "max_loss": 20.0,
 }
@@ -254,7 +254,7 @@ def train(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
     photo = np.load(ctx.upstream["vectorize"] / IMAGE)
     original = preprocess(p.backbone, photo).astype(np.float32)
     shapes = octave_shapes(original.shape[:2], p.num_octave, p.octave_scale)
-    ascent_step = make_ascent_step(features, p.layers, p.border, p.step, p.jit_compile)
+    ascent_step = make_ascent_step(features, p.layers, p.border, p.step_size, p.jit_compile)
     octaves: list[dict[str, Any]] = []
     started = time.perf_counter()
 
@@ -405,7 +405,7 @@ def _layers_note(p: DeepDreamParams, layers: str, weights: str) -> str:
         "vgg19": "convolutions of VGG19 chosen by the user",
     }[p.backbone]
     return (
-        f"Layers and coefficients: {layers} ({why}). Weights: {weights}. Step {p.step:g} on the "
+        f"Layers and coefficients: {layers} ({why}). Weights: {weights}. Step {p.step_size:g} on the "
         f"preprocessed image, {p.iterations} steps per octave, {p.num_octave} octaves of scale "
         f"{p.octave_scale:g}, max_loss {p.max_loss}, {p.border} border pixels left out of the loss."
     )

@@ -1,6 +1,6 @@
 """Character-level LSTM text generation (Chollet, Deep Learning with Python, section 8.1).
 
-Data: a lower-cased corpus cut into windows of `maxlen` characters every `step` characters, each
+Data: a lower-cased corpus cut into windows of `maxlen` characters every `stride` characters, each
 followed by the character to predict. Model: LSTM(128) -> Dense(softmax). Sampling: reweight the
 next-character distribution by a temperature, draw, append, slide the window.
 
@@ -42,7 +42,7 @@ class TextLSTMParams(TechniqueParams):
         None, "vectorize", "Use only the first N characters of the corpus (null: all).", ge=1
     )
     maxlen: int = param(60, "vectorize", "Characters per input window (Chollet 8.1: 60).", ge=1)
-    step: int = param(3, "vectorize", "Stride between window starts (Chollet 8.1: 3).", ge=1)
+    stride: int = param(3, "vectorize", "Stride between window starts (Chollet 8.1: 3).", ge=1)
     validation_split: float = param(
         0.05,
         "vectorize",
@@ -96,7 +96,7 @@ DEMO = {
     "source": "offline",
     "max_chars": 200_000,
     "maxlen": 40,
-    "step": 4,
+    "stride": 4,
     "unroll": True,
     "epochs": 4,
     "epoch_sample_length": 200,
@@ -106,7 +106,7 @@ TINY = {
     # Seconds on a CPU, every code path: what the tests run.
     "max_chars": 4000,
     "maxlen": 12,
-    "step": 3,
+    "stride": 3,
     "validation_split": 0.1,
     "lstm_units": 16,
     "unroll": False,
@@ -161,17 +161,17 @@ def vectorize(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
             f"corpus {raw} has {len(text)} characters; text_lstm needs at least maxlen + 1 = {p.maxlen + 1}"
         )
     ids, vocab = encode(text)
-    train, val = split_starts(len(ids), p.maxlen, p.step, p.validation_split)
+    train, val = split_starts(len(ids), p.maxlen, p.stride, p.validation_split)
     np.save(ctx.out / CORPUS, ids, allow_pickle=False)
     write_json_atomic(ctx.out / VOCAB, vocab)
     meta = {
         "characters": len(ids),
         "vocabulary": len(vocab),
-        "sequences": len(range(0, len(ids) - p.maxlen, p.step)),  # the book's count
+        "sequences": len(range(0, len(ids) - p.maxlen, p.stride)),  # the book's count
         "train_sequences": len(train),
         "val_sequences": len(val),
         "maxlen": p.maxlen,
-        "step": p.step,
+        "stride": p.stride,
     }
     write_json_atomic(ctx.out / META, meta)
     ctx.log(
@@ -249,7 +249,7 @@ def train(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
     processed = ctx.upstream["vectorize"]
     device = configure_runtime(p.device, p.mixed_precision, ctx.log)
     ids, vocab = load_corpus(processed)
-    train_starts, val_starts = split_starts(len(ids), p.maxlen, p.step, p.validation_split)
+    train_starts, val_starts = split_starts(len(ids), p.maxlen, p.stride, p.validation_split)
 
     def new_model():
         keras.utils.set_random_seed(p.seed)

