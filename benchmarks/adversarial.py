@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from _data import offline_mobilenet_v2_path  # noqa: E402
 
 from models.core.images import load_image  # noqa: E402
 from models.inputs.offline import packaged_file  # noqa: E402
@@ -35,7 +36,7 @@ from models.techniques.adversarial import (  # noqa: E402
     pixel_bounds,
     targeted_step,
 )
-from models.toolkit.backbones import eval_crop, offline_mobilenet_v2_path, preprocess  # noqa: E402
+from models.toolkit.backbones import eval_crop, preprocess  # noqa: E402
 
 
 def eager_step(model, image, original, p: AdversarialParams):

@@ -70,8 +70,10 @@ def main() -> None:
     ap.add_argument("--random-weights", action="store_true", help="skip reading the ImageNet weights")
     args = ap.parse_args()
 
+    from _data import offline_mobilenet_v2_path
+
     from models.core.images import load_image, resize
-    from models.toolkit.backbones import feature_model, load_backbone, offline_mobilenet_v2_path, preprocess
+    from models.toolkit.backbones import feature_model, load_backbone, preprocess
 
     dataset = get_dataset("chelsea")
     photo = resize(

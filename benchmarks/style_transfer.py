@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from _data import offline_mobilenet_v2_path  # noqa: E402
 
 from models.inputs.catalog import get_dataset
 from models.inputs.offline import packaged_file  # noqa: E402
@@ -44,7 +45,7 @@ from models.techniques.style.style_transfer import (  # noqa: E402
     load_pair,
     loss_weights,
 )
-from models.toolkit.backbones import offline_mobilenet_v2_path, preprocess  # noqa: E402
+from models.toolkit.backbones import preprocess  # noqa: E402
 
 BACKBONE = "mobilenet_v2"
 

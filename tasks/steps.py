@@ -60,7 +60,7 @@ RUN_INFO = ".step-run.json"  # when and from which commit a slot was computed (n
 DVC_SLOT = "dvc"
 RESUMABLE = {"train"}  # written in place so an interrupted run can resume
 # Bumped when the slot layout or the meaning of a key changes (invalidates every cache once).
-KEY_VERSION = 2
+KEY_VERSION = 3
 
 Manifest = dict[str, Any]  # JSON-able: what tasks hand each other instead of arrays or models
 

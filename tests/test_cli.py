@@ -26,7 +26,8 @@ def test_list_prints_each_technique_name_first(project):
     [
         (["run", "nope"], "unknown technique 'nope'"),
         (["run", "text_lstm", "--set", "text_lstm.maxlen=0"], "text_lstm.maxlen"),
-        (["run", "text_lstm", "--set", "text_lstm.step=0"], "text_lstm.step"),
+        (["run", "text_lstm", "--set", "text_lstm.stride=0"], "text_lstm.stride"),
+        (["run", "text_lstm", "--set", "text_lstm.step=3"], "parameter 'step' was renamed to 'stride'"),
         (["run", "text_lstm", "--set", "text_lstm.temperatures=[0]"], "temperature"),
         (["run", "text_lstm", "--set", "text_lstm.bogus=1"], "unknown parameter 'text_lstm.bogus'"),
         (["run", "all", "--set", "text_lstm.maxlen=-1"], "text_lstm.maxlen"),

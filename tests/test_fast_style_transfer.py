@@ -217,6 +217,6 @@ def test_an_unknown_layer_and_mismatched_weights_are_refused(project):
 
 
 def _torch_weights():
-    from models.toolkit.backbones import offline_mobilenet_v2_path
+    from conftest import offline_mobilenet_v2_path
 
     return offline_mobilenet_v2_path()

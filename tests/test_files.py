@@ -74,3 +74,20 @@ def test_a_lock_file_removed_by_its_holder_is_taken_afresh_by_a_waiter(tmp_path)
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     release.set()
     thread.join()
+
+
+def test_numbered_files_come_back_in_order_of_their_numbers(tmp_path):
+    from models.core.files import numbered_files, numbered_name
+
+    for n in (12, 3, 100):
+        (tmp_path / numbered_name("step", n)).write_bytes(b"")
+    (tmp_path / numbered_name("epoch", 7, 4, ".weights.h5")).write_bytes(b"")
+    (tmp_path / "step-final.png").write_bytes(b"")  # not a number: not in the series
+    assert numbered_name("frame", 5, 4) == "frame-0005.png"
+    assert [(n, f.name) for n, f in numbered_files(tmp_path, "step")] == [
+        (3, "step-000003.png"),
+        (12, "step-000012.png"),
+        (100, "step-000100.png"),
+    ]
+    assert [n for n, _ in numbered_files(tmp_path, "epoch", ".weights.h5")] == [7]
+    assert numbered_files(tmp_path / "missing", "step") == []

@@ -30,7 +30,7 @@ def test_every_technique_has_both_profiles_fully_spelled_out():
 
 def test_full_profile_keeps_the_books_values(project):
     p = resolve_params("text_lstm", "full")
-    assert (p["maxlen"], p["step"], p["batch_size"], p["epochs"]) == (60, 3, 128, 60)
+    assert (p["maxlen"], p["stride"], p["batch_size"], p["epochs"]) == (60, 3, 128, 60)
     assert p["learning_rate"] == 0.01 and p["lstm_units"] == 128
     assert p["temperatures"] == [0.2, 0.5, 1.0, 1.2] and p["sample_length"] == 400
     assert p["source"] == "remote"
@@ -46,7 +46,7 @@ def test_set_overrides_a_parameter_with_a_typed_value(project):
     ("setting", "expected"),
     [
         ("text_lstm.maxlen=0", "text_lstm.maxlen: Input should be greater than or equal to 1"),
-        ("text_lstm.step=-2", "text_lstm.step: Input should be greater than or equal to 1"),
+        ("text_lstm.stride=-2", "text_lstm.stride: Input should be greater than or equal to 1"),
         ("text_lstm.temperatures=[0.5, 0]", "every temperature must be a finite number > 0"),
         ("text_lstm.temperatures=[-1]", "every temperature must be a finite number > 0"),
         ("text_lstm.epochs=many", "text_lstm.epochs: Input should be a valid integer"),
@@ -90,6 +90,34 @@ def test_bad_dataset_or_source_is_rejected_before_any_work(project, tmp_path, se
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("technique", "old", "new", "value"),
+    [
+        ("vae", "heldout", "held_out", 0.2),
+        ("gan", "heldout", "held_out", 0.2),
+        ("gan", "snapshot_every", "frame_every", 10),
+        ("wgan", "clip_value", "weight_clip", 0.02),
+        ("dcgan_frogs", "clipvalue", "gradient_clip", 1.0),
+        ("deepdream", "step", "step_size", 0.02),
+        ("text_lstm", "step", "stride", 3),
+    ],
+)
+def test_a_renamed_parameter_fails_naming_its_new_name(project, technique, old, new, value):
+    expected = f"{technique}: parameter '{old}' was renamed to '{new}'"
+    # --set
+    with pytest.raises(GdlError) as err:
+        resolve_params(technique, None, overrides_from_cli([f"{technique}.{old}={value}"]))
+    assert str(err.value) == expected
+    # params.yaml
+    params = project / "params.yaml"
+    data = yaml.safe_load(params.read_text())
+    data[data["profile"]][technique][old] = value
+    params.write_text(yaml.safe_dump(data))
+    with pytest.raises(GdlError) as err:
+        resolve_params(technique)
+    assert str(err.value) == expected
+
+
 def test_unknown_section_and_malformed_set_are_rejected(project):
     with pytest.raises(GdlError, match="unknown parameter section 'txt_lstm'"):
         overrides_from_cli(["txt_lstm.epochs=3"])
@@ -106,7 +134,7 @@ def test_a_step_depends_on_its_own_and_earlier_parameters_only():
     model = techniques()["text_lstm"].params_model
     assert "temperatures" in model.fields_for_step("sample")
     assert "temperatures" not in model.fields_for_step("train")
-    assert {"maxlen", "step", "seed"} <= set(model.fields_for_step("train"))
+    assert {"maxlen", "stride", "seed"} <= set(model.fields_for_step("train"))
     assert set(model.fields_for_step("download")) == {"dataset", "source"}
 
 

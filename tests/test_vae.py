@@ -10,16 +10,14 @@ import pytest
 from conftest import run_steps, steps_in_own_project
 
 from models.core.errors import GdlError
-from models.techniques.vae import (
+from models.techniques.vae.networks import build_vae, kl_divergence, reconstruction_loss
+from models.techniques.vae.technique import (
     MANIFOLD,
     SAMPLES,
     SCATTER,
     VAEParams,
-    build_vae,
     grid_axis,
-    kl_divergence,
     manifold_latents,
-    reconstruction_loss,
     tile,
 )
 
@@ -83,7 +81,7 @@ def test_fid_and_kid_rank_a_trained_vae_above_an_untrained_one(vae_run):
     """Each metric ranks a trained generator's samples above an untrained one's: a dense VAE
     trained for a few epochs here, against the same network untrained, scored in the features
     of the digits classifier the tiny run trained."""
-    from models.techniques.vae import CLASSIFIER
+    from models.techniques.vae.technique import CLASSIFIER
     from models.toolkit.imagesets import load_image_set
     from models.toolkit.quality import digits_extractor, load_classifier, quality_metrics
 
@@ -133,7 +131,8 @@ def test_digits_of_the_wrong_shape_fail_before_training(project):
 def test_a_resumed_vae_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
     """The optimizer state and the latent draws (the sampling layer's counter) are in every
     checkpoint: stopping after one epoch and resuming gives the same weights as no stop."""
-    from models.techniques.vae import _batches, load_vae
+    from models.techniques.vae.networks import load_vae
+    from models.techniques.vae.technique import _batches
     from models.toolkit.training import FINAL, fit_resumable
 
     x = (np.random.default_rng(0).random((48, 28, 28, 1)) > 0.7).astype(np.float32)

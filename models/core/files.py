@@ -241,3 +241,20 @@ def env_number(name: str, default: float, kind: type = int) -> float:
 def s3_endpoint() -> str | None:
     """The S3-compatible endpoint URL configured for gdl (None: AWS's default)."""
     return os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None
+
+
+def numbered_name(prefix: str, number: int, digits: int = 6, suffix: str = ".png") -> str:
+    """`prefix-000042.png`: the name of the file numbered `number` in a series (training frames,
+    per-epoch files); zero-padded, so names sort as their numbers do."""
+    return f"{prefix}-{number:0{digits}d}{suffix}"
+
+
+def numbered_files(folder: Path, prefix: str, suffix: str = ".png") -> list[tuple[int, Path]]:
+    """The series `numbered_name(prefix, ..., suffix=suffix)` wrote in `folder`, as (number, path)
+    in order of number; none if the folder does not exist."""
+    found = []
+    for path in folder.glob(f"{prefix}-*{suffix}"):
+        digits = path.name[len(prefix) + 1 : len(path.name) - len(suffix)]
+        if digits.isdigit():
+            found.append((int(digits), path))
+    return sorted(found)

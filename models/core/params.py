@@ -30,6 +30,39 @@ def param(default: Any, step: str, description: str, **constraints: Any) -> Any:
     return Field(default, description=description, json_schema_extra={"step": step}, **constraints)
 
 
+OWN_LOCATION = "your own https://, s3:// or local path"
+
+
+def source_param(
+    what: str, default: str = "remote", *, remote: str | None = "", offline: str = "", own: str = ""
+) -> Any:
+    """Where an input is read from (an `Input`'s source field): remote (the book's source),
+    offline (a packaged stand-in) or a location of the user's own. `remote`, `offline` and `own`
+    add a note to each choice; `remote=None` says the input has no remote source."""
+
+    def noted(choice: str, note: str) -> str:
+        return f"{choice} ({note})" if note else choice
+
+    choices = [] if remote is None else [noted("remote", remote)]
+    choices += [noted("offline", offline), noted(OWN_LOCATION, own)]
+    return param(default, "download", f"Where to read {what}: {', '.join(choices[:-1])} or {choices[-1]}.")
+
+
+def weights_source_param(what: str, *, optional: bool = True) -> Any:
+    """Where a network's pretrained weights are read from; an optional input also takes none."""
+    choices = "remote, offline, a file of your own, or none (random initialisation)"
+    if not optional:
+        choices = "remote, offline or a file of your own"
+    return param("remote", "download", f"Where to read {what}: {choices}.")
+
+
+def max_pixels_param(default: int = 50_000_000, what: str = "images", ge: int = 1) -> Any:
+    """The decompression-bomb guard of an image input."""
+    return param(
+        default, "vectorize", f"Refuse {what} with more pixels than this (checked before decoding).", ge=ge
+    )
+
+
 class TechniqueParams(BaseModel):
     """Fields every technique has. Subclasses add the technique's own, with the book's defaults."""
 
@@ -79,8 +112,33 @@ def _describe_error(section: str, err: Mapping[str, Any]) -> str:
     return f"{loc}: {err['msg']} (got {err.get('input')!r})"
 
 
+# Renamed parameters, old name -> new name: a params.yaml section or `--set` that still uses an
+# old name fails naming the new one. RENAMED holds for every technique that has the new name;
+# RENAMED_IN per technique, where one old name took different new ones.
+RENAMED: dict[str, str] = {
+    "heldout": "held_out",  # GAN and VAE, as the translation techniques spell it
+    "snapshot_every": "frame_every",  # GANs, as the other iterative techniques spell it
+    "clip_value": "weight_clip",  # GANs: WGAN's critic weight clipping
+    "clipvalue": "gradient_clip",  # GANs: the optimisers' gradient value clipping
+}
+RENAMED_IN: dict[str, dict[str, str]] = {
+    "deepdream": {"step": "step_size"},  # a float step size
+    "text_lstm": {"step": "stride"},  # an integer stride between windows
+}
+
+
+def renamed_to(section: str, model: type[TechniqueParams], name: str) -> str | None:
+    """The new name of a parameter `name` that `section`'s model no longer has (None: not renamed)."""
+    new = RENAMED_IN.get(section, {}).get(name) or RENAMED.get(name)
+    return new if new in model.model_fields and name not in model.model_fields else None
+
+
 def validate(section: str, model: type[TechniqueParams], values: Mapping[str, Any]):
     """Build the params model, turning pydantic's report into one readable line."""
+    for name in values:
+        new = renamed_to(section, model, name)
+        if new:
+            raise GdlError(f"{section}: parameter '{name}' was renamed to '{new}'")
     try:
         return model(**values)
     except ValidationError as exc:

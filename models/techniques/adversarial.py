@@ -43,10 +43,17 @@ from pydantic import field_validator
 
 from models.core.errors import GdlError
 from models.core.files import write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.params import (
+    TechniqueParams,
+    max_pixels_param,
+    param,
+    source_param,
+    weights_source_param,
+)
 from models.core.registry import Input, StepContext, Technique, register
 from models.inputs.formats import image_files
 from models.reporting.report import Curve, Grid, Note, Report, Table
+from models.toolkit.backbones import weights_entry
 
 PHOTO, PHOTOS, META = "photo.npy", "photos.npy", "meta.json"
 ATTACKED, PNG, RESULT = "attacked.npy", "adversarial.png", "attack.json"
@@ -55,27 +62,23 @@ CLASSES = 1000  # ImageNet
 LEVEL_TOLERANCE = 1e-3  # of a grey level, so epsilon = exactly k levels allows k levels
 SWEEP_BATCH = 16  # photos per batch of the sweep (a folder of your own can be large)
 DIFF_GAIN = 50  # the difference image is amplified this many times around grey
-WEIGHTS = {"inception_v3": "inception_v3_imagenet", "mobilenet_v2": "mobilenet_v2_imagenet"}
 
 
 class AdversarialParams(TechniqueParams):
-    photo_source: str = param(
-        "remote", "download", "The photo to attack (catalog: chelsea; Cookbook 8 attacks a cat photo)."
+    photo_source: str = source_param(
+        "the photo to attack", remote="catalog: chelsea; Cookbook 8 attacks a cat photo"
     )
-    photos_source: str = param(
+    photos_source: str = source_param(
+        "the photos for the FGSM/PGD sweep",
         "offline",
-        "download",
-        "Photos for the FGSM/PGD sweep (catalog: photos; no remote: the book uses the reader's own).",
+        remote=None,
+        offline="catalog: photos; no remote: the book uses the reader's own",
     )
     backbone: Literal["inception_v3", "mobilenet_v2"] = param(
         "inception_v3", "download", "ImageNet classifier to fool (Cookbook 8: InceptionV3 with its top)."
     )
-    weights_source: str = param(
-        "remote", "download", "Classifier weights (with top): remote, offline or a file of your own."
-    )
-    max_pixels: int = param(
-        50_000_000, "vectorize", "Refuse photos with more pixels than this (checked before decoding).", ge=1
-    )
+    weights_source: str = weights_source_param("the classifier's weights (with top)", optional=False)
+    max_pixels: int = max_pixels_param(what="photos")
     image_size: int | None = param(
         None,
         "vectorize",
@@ -541,7 +544,7 @@ register(
         inputs={
             "photo": Input("chelsea", source="photo_source"),
             "photos": Input("photos", source="photos_source"),
-            "weights": Input(lambda p: WEIGHTS[p.backbone], source="weights_source"),
+            "weights": Input(lambda p: weights_entry(p.backbone, top=True), source="weights_source"),
         },
         vectorize=vectorize,
         train=train,

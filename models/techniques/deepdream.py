@@ -2,7 +2,7 @@
 
 The loss is a weighted sum of the mean squared activations of a few layers (borders excluded, so
 the padding's edge effects do not dominate). One compiled step computes its gradient with respect
-to the image, normalises it by its mean absolute value and moves the image up by `step`. The image
+to the image, normalises it by its mean absolute value and moves the image up by `step_size`. The image
 is processed in octaves, smallest first: it is dreamed on, upscaled by `octave_scale`, and the
 detail lost by shrinking (the original at this size minus the upscaled shrunk original) is put back
 (the book's order: after each octave's ascent). An octave stops early once its loss exceeds
@@ -39,22 +39,23 @@ import numpy as np
 from pydantic import model_validator
 
 from models.core.errors import GdlError
-from models.core.files import write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.files import numbered_files, numbered_name, write_json_atomic
+from models.core.params import (
+    TechniqueParams,
+    max_pixels_param,
+    param,
+    source_param,
+    weights_source_param,
+)
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Grid, Image, Note, Report, Table
+from models.toolkit.backbones import weights_entry
 
 IMAGE = "image.npy"  # the photo at the working size, uint8 RGB (vectorize)
 DREAM = "dream.png"
 HISTORY = "history.json"
 FRAMES = "frames"
 
-# The weights input of each backbone (catalog entries).
-WEIGHTS = {
-    "inception_v3": "inception_v3_imagenet_notop",
-    "vgg19": "vgg19_imagenet_notop",
-    "mobilenet_v2": "mobilenet_v2_imagenet",
-}
 BOOK_LAYERS = {"mixed2": 0.2, "mixed3": 3.0, "mixed4": 2.0, "mixed5": 1.5}
 DEMO_LAYERS = {"block_5": 0.5, "block_9": 2.0, "block_12": 2.0, "block_14": 1.0}
 
@@ -65,21 +66,12 @@ class DeepDreamParams(TechniqueParams):
         "download",
         "Catalog image to dream on (Chollet 8.2 uses the reader's own photo; keras-io's sky).",
     )
-    image_source: str = param(
-        "remote", "download", "Where to read the image: remote, offline, or your own https://, s3:// or path."
-    )
+    image_source: str = source_param("the image")
     backbone: Literal["inception_v3", "mobilenet_v2", "vgg19"] = param(
         "inception_v3", "download", "ImageNet convnet whose layers are excited (Chollet 8.2: InceptionV3)."
     )
-    weights_source: str = param(
-        "remote",
-        "download",
-        "Where to read the backbone's ImageNet weights: remote, offline, a location of your own, "
-        "or none (random initialisation).",
-    )
-    max_pixels: int = param(
-        16_000_000, "vectorize", "Refuse images with more pixels than this (checked before decoding).", ge=1
-    )
+    weights_source: str = weights_source_param("the backbone's ImageNet weights")
+    max_pixels: int = max_pixels_param(16_000_000)
     max_side: int | None = param(
         None,
         "vectorize",
@@ -95,7 +87,7 @@ class DeepDreamParams(TechniqueParams):
     border: int = param(
         2, "train", "Activation pixels excluded at each border from the loss (Chollet 8.2: 2).", ge=0
     )
-    step: float = param(
+    step_size: float = param(
         0.01, "train", "Gradient-ascent step on the preprocessed image (Chollet 8.2: 0.01).", gt=0
     )
     iterations: int = param(20, "train", "Ascent steps per octave (Chollet 8.2: 20).", ge=1)
@@ -130,7 +122,7 @@ DEMO = {
     "weights_source": "offline",
     "max_side": 320,
     "layers": DEMO_LAYERS,
-    "step": 0.02,
+    "step_size": 0.02,
     "iterations": 15,
     "max_loss": 20.0,
 }
@@ -262,7 +254,7 @@ def train(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
     photo = np.load(ctx.upstream["vectorize"] / IMAGE)
     original = preprocess(p.backbone, photo).astype(np.float32)
     shapes = octave_shapes(original.shape[:2], p.num_octave, p.octave_scale)
-    ascent_step = make_ascent_step(features, p.layers, p.border, p.step, p.jit_compile)
+    ascent_step = make_ascent_step(features, p.layers, p.border, p.step_size, p.jit_compile)
     octaves: list[dict[str, Any]] = []
     started = time.perf_counter()
 
@@ -281,7 +273,8 @@ def train(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
 
         def frame(i: int) -> None:
             (folder / FRAMES).mkdir(exist_ok=True)
-            save_png(folder / FRAMES / f"step-{i + 1:04d}.png", deprocess(p.backbone, variable.numpy()[0]))
+            image = deprocess(p.backbone, variable.numpy()[0])
+            save_png(folder / FRAMES / numbered_name("step", i + 1, 4), image)
 
         done = k * p.iterations
         result = optimize_resumable(
@@ -354,9 +347,9 @@ def report(p: DeepDreamParams, dirs: Mapping[str, Path]) -> Report:
     frames, captions = [photo], ["original"]
     for o in octaves:
         folder = dirs["train"] / f"octave-{o['octave']}" / FRAMES
-        for f in sorted(folder.glob("step-*.png")):
+        for step, f in numbered_files(folder, "step"):
             frames.append(load_image(f))
-            captions.append(f"octave {o['octave']}, step {int(f.stem.split('-')[1])}")
+            captions.append(f"octave {o['octave']}, step {step}")
     frames.append(dream)
     captions.append("dream")
     losses = [v for o in octaves for v in o["loss"]]
@@ -412,7 +405,7 @@ def _layers_note(p: DeepDreamParams, layers: str, weights: str) -> str:
         "vgg19": "convolutions of VGG19 chosen by the user",
     }[p.backbone]
     return (
-        f"Layers and coefficients: {layers} ({why}). Weights: {weights}. Step {p.step:g} on the "
+        f"Layers and coefficients: {layers} ({why}). Weights: {weights}. Step {p.step_size:g} on the "
         f"preprocessed image, {p.iterations} steps per octave, {p.num_octave} octaves of scale "
         f"{p.octave_scale:g}, max_loss {p.max_loss}, {p.border} border pixels left out of the loss."
     )
@@ -425,7 +418,7 @@ register(
         params_model=DeepDreamParams,
         inputs={
             "image": Input(dataset=lambda p: p.image, source="image_source"),
-            "weights": Input(dataset=lambda p: WEIGHTS[p.backbone], source="weights_source", optional=True),
+            "weights": Input(lambda p: weights_entry(p.backbone), source="weights_source", optional=True),
         },
         vectorize=vectorize,
         train=train,

@@ -1,6 +1,6 @@
 """Character-level LSTM text generation (Chollet, Deep Learning with Python, section 8.1).
 
-Data: a lower-cased corpus cut into windows of `maxlen` characters every `step` characters, each
+Data: a lower-cased corpus cut into windows of `maxlen` characters every `stride` characters, each
 followed by the character to predict. Model: LSTM(128) -> Dense(softmax). Sampling: reweight the
 next-character distribution by a temperature, draw, append, slide the window.
 
@@ -22,8 +22,8 @@ import numpy as np
 from pydantic import field_validator
 
 from models.core.errors import GdlError
-from models.core.files import write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.files import numbered_files, write_json_atomic
+from models.core.params import TechniqueParams, param, source_param
 from models.core.registry import Input, StepContext, Technique, register
 from models.inputs.formats import decode_text
 from models.reporting.report import Curve, Report, Table, Text
@@ -37,17 +37,12 @@ EPOCH_WEIGHTS = "epochs"  # per-epoch weights, sampled by the sample step (the b
 
 class TextLSTMParams(TechniqueParams):
     dataset: str = param("nietzsche", "download", "Dataset name in the catalog (Chollet 8.1).")
-    source: str = param(
-        "remote",
-        "download",
-        "Where to read the dataset: remote (the book's URL), offline (a packaged stand-in), "
-        "or your own https://, s3:// or local path.",
-    )
+    source: str = source_param("the dataset", remote="the book's URL", offline="a packaged stand-in")
     max_chars: int | None = param(
         None, "vectorize", "Use only the first N characters of the corpus (null: all).", ge=1
     )
     maxlen: int = param(60, "vectorize", "Characters per input window (Chollet 8.1: 60).", ge=1)
-    step: int = param(3, "vectorize", "Stride between window starts (Chollet 8.1: 3).", ge=1)
+    stride: int = param(3, "vectorize", "Stride between window starts (Chollet 8.1: 3).", ge=1)
     validation_split: float = param(
         0.05,
         "vectorize",
@@ -101,7 +96,7 @@ DEMO = {
     "source": "offline",
     "max_chars": 200_000,
     "maxlen": 40,
-    "step": 4,
+    "stride": 4,
     "unroll": True,
     "epochs": 4,
     "epoch_sample_length": 200,
@@ -111,7 +106,7 @@ TINY = {
     # Seconds on a CPU, every code path: what the tests run.
     "max_chars": 4000,
     "maxlen": 12,
-    "step": 3,
+    "stride": 3,
     "validation_split": 0.1,
     "lstm_units": 16,
     "unroll": False,
@@ -166,17 +161,17 @@ def vectorize(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
             f"corpus {raw} has {len(text)} characters; text_lstm needs at least maxlen + 1 = {p.maxlen + 1}"
         )
     ids, vocab = encode(text)
-    train, val = split_starts(len(ids), p.maxlen, p.step, p.validation_split)
+    train, val = split_starts(len(ids), p.maxlen, p.stride, p.validation_split)
     np.save(ctx.out / CORPUS, ids, allow_pickle=False)
     write_json_atomic(ctx.out / VOCAB, vocab)
     meta = {
         "characters": len(ids),
         "vocabulary": len(vocab),
-        "sequences": len(range(0, len(ids) - p.maxlen, p.step)),  # the book's count
+        "sequences": len(range(0, len(ids) - p.maxlen, p.stride)),  # the book's count
         "train_sequences": len(train),
         "val_sequences": len(val),
         "maxlen": p.maxlen,
-        "step": p.step,
+        "stride": p.stride,
     }
     write_json_atomic(ctx.out / META, meta)
     ctx.log(
@@ -254,7 +249,7 @@ def train(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
     processed = ctx.upstream["vectorize"]
     device = configure_runtime(p.device, p.mixed_precision, ctx.log)
     ids, vocab = load_corpus(processed)
-    train_starts, val_starts = split_starts(len(ids), p.maxlen, p.step, p.validation_split)
+    train_starts, val_starts = split_starts(len(ids), p.maxlen, p.stride, p.validation_split)
 
     def new_model():
         keras.utils.set_random_seed(p.seed)
@@ -418,10 +413,9 @@ def sample(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
     # The book's per-epoch samples, from the weights train kept after every epoch.
     per_epoch = []
     if p.epoch_sample_length:
-        for weights in sorted((ctx.upstream["train"] / EPOCH_WEIGHTS).glob("epoch-*.weights.h5")):
+        for epoch, weights in numbered_files(ctx.upstream["train"] / EPOCH_WEIGHTS, "epoch", ".weights.h5"):
             model.load_weights(weights)  # into the same variables: the compiled sampler is reused
             rows = sampler.generate(seed_ids, p.temperatures, p.epoch_sample_length, p.sampler, p.seed)
-            epoch = int(weights.name.split("-")[1].split(".")[0])
             per_epoch += [
                 {"epoch": epoch, "temperature": t, "text": "".join(vocab[i] for i in row)}
                 for t, row in zip(p.temperatures, rows, strict=True)

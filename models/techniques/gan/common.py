@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from models.core.errors import GdlError
-from models.core.params import TechniqueParams, param
+from models.core.files import numbered_files, numbered_name
+from models.core.params import TechniqueParams, param, source_param, weights_source_param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Image, Note, Report, Section
 from models.techniques.gan.trainer import (
@@ -26,23 +27,24 @@ from models.techniques.gan.trainer import (
     to_uint8,
     train_adversarial,
 )
+from models.toolkit.backbones import weights_entry
+
+LEGIBLE = 0.9  # a generated digit counts as legible when the classifier gives one class >= this
 
 
 class GanParams(TechniqueParams):
     """Fields every GAN technique has; a variant's subclass sets the book's values as defaults,
-    its technique's NAME and SUMMARY, and its networks (`architecture`)."""
+    its technique's NAME and SUMMARY, and its networks (`architecture`). DigitsParams and
+    ColourParams say how its images are scored (DIGITS, HEADLINE, `quality_note`)."""
 
     NAME: ClassVar[str] = ""
     SUMMARY: ClassVar[str] = ""
+    DIGITS: ClassVar[bool] = False  # scored by the pipeline's own digits classifier
+    HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "kid", "g_loss")  # the gallery's, unless the spec says
 
     dataset: str = param("mnist", "download", "Image set in the catalog.")
-    source: str = param(
-        "remote",
-        "download",
-        "Where to read the image set: remote (the book's source), offline (a packaged stand-in), "
-        "or your own https://, s3:// or local path.",
-    )
-    heldout: float = param(
+    source: str = source_param("the image set", remote="the book's source", offline="a packaged stand-in")
+    held_out: float = param(
         0.1,
         "vectorize",
         "Fraction of the images held out (never trained on) for FID/KID against generated ones.",
@@ -64,7 +66,7 @@ class GanParams(TechniqueParams):
     label_noise: float = param(
         0.0, "train", "bce only: targets move up to this far toward the other class.", ge=0, le=0.5
     )
-    clip_value: float = param(
+    weight_clip: float = param(
         0.0, "train", "Clip the critic's weights to [-c, c] after each update (0: no clipping).", ge=0
     )
     gp_weight: float = param(0.0, "train", "Gradient-penalty weight lambda (0: no penalty).", ge=0)
@@ -73,13 +75,13 @@ class GanParams(TechniqueParams):
     g_learning_rate: float = param(2e-4, "train", "Generator learning rate.", gt=0)
     beta_1: float = param(0.5, "train", "Adam beta_1 (ignored by RMSprop).", ge=0, lt=1)
     beta_2: float = param(0.999, "train", "Adam beta_2 (ignored by RMSprop).", ge=0, lt=1)
-    clipvalue: float | None = param(
+    gradient_clip: float | None = param(
         None, "train", "Clip each gradient value to [-v, v] (null: no clipping).", gt=0
     )
     batch_size: int = param(100, "train", "Real (and generated) images per discriminator update.", ge=1)
     steps: int = param(10_000, "train", "Generator updates.", ge=1)
     checkpoint_every: int = param(500, "train", "Steps between checkpoints.", ge=1)
-    snapshot_every: int = param(500, "train", "Steps between sample grids of the fixed latents.", ge=1)
+    frame_every: int = param(500, "train", "Steps between sample grids of the fixed latents.", ge=1)
     grid_size: int = param(16, "train", "Fixed evaluation latents shown in every grid.", ge=1, le=100)
     sample_count: int = param(
         1000, "sample", "Generated images scored against the held-out ones (FID, KID).", ge=2
@@ -91,7 +93,7 @@ class GanParams(TechniqueParams):
             loss=self.loss,
             n_critic=self.n_critic,
             label_noise=self.label_noise,
-            clip_value=self.clip_value,
+            clip_value=self.weight_clip,
             gp_weight=self.gp_weight,
             num_classes=num_classes,
         )
@@ -99,9 +101,24 @@ class GanParams(TechniqueParams):
     def architecture(self) -> str:
         raise NotImplementedError
 
+    def label_classes(self) -> int:
+        """Classes the generator is conditioned on (0: unconditional)."""
+        return 0
+
+    def kept_class(self) -> int | None:
+        """The one class of the image set kept for training (None: every class)."""
+        return None
+
+    def quality_note(self) -> str:
+        """What the report says about the features FID/KID are computed in."""
+        raise NotImplementedError
+
 
 class DigitsParams(GanParams):
     """A GAN of digits: scored with a digits classifier the pipeline trains itself."""
+
+    DIGITS = True
+    HEADLINE = ("legible_fraction", "fid", "kid")
 
     classifier_epochs: int = param(
         3,
@@ -110,16 +127,19 @@ class DigitsParams(GanParams):
         ge=1,
     )
 
+    def quality_note(self) -> str:
+        return (
+            " For digits the features are those of a small classifier this pipeline trains on the "
+            "training split (as TF-GAN's MNIST Frechet distance does), so scores compare runs of this "
+            f"pipeline, not published MNIST FIDs; a digit is legible when that classifier gives one class "
+            f">= {LEGIBLE}."
+        )
+
 
 class ColourParams(GanParams):
     """A GAN of colour images: scored with the ImageNet MobileNetV2's pooled features."""
 
-    weights_source: str = param(
-        "remote",
-        "download",
-        "ImageNet MobileNetV2 weights for FID/KID features: remote, offline, none (random) or a file of "
-        "your own.",
-    )
+    weights_source: str = weights_source_param("the ImageNet MobileNetV2 weights for FID/KID features")
     feature_side: int = param(
         96,
         "sample",
@@ -127,6 +147,9 @@ class ColourParams(GanParams):
         "(trained at 224; 96 is CPU-sized). FID/KID compare only at one side.",
         ge=16,
     )
+
+    def quality_note(self) -> str:
+        return f" Images are quantised to 8 bits, then resized (bicubic) to {self.feature_side}px."
 
 
 # Files of the steps
@@ -148,18 +171,18 @@ ExtraReport = Callable[[Any, Mapping[str, Path]], list[Section]]
 @dataclass(frozen=True)
 class GanSpec:
     """What a variant declares besides its params model (whose NAME and SUMMARY name it):
-    everything else is shared. `train`, `sample` and `report` are the variant module's own
-    top-level step functions calling this module's, so each step's code version covers the
-    variant's code (its networks and recipe, its extra samples and sections)."""
+    everything else is shared. `vectorize`, `train`, `sample` and `report` are the variant
+    module's own top-level step functions calling this module's, so each step's code version
+    covers the variant's code (its params classes' methods, its extra samples and sections)."""
 
     params_model: type[GanParams]
     demo: Mapping[str, Any]
     tiny: Mapping[str, Any]
-    headline: tuple[str, ...] | None = None  # None: legibility, FID, KID (digits); FID, KID, g_loss
+    headline: tuple[str, ...] | None = None  # None: the params class's HEADLINE
+    vectorize: Callable[[Any, StepContext], dict[str, Any]] | None = None
     train: Callable[[Any, StepContext], dict[str, Any]] | None = None
     sample: Callable[[Any, StepContext], dict[str, Any]] | None = None
     report: Callable[[Any, Mapping[str, Path]], Report] | None = None
-    module: str = ""
 
 
 def load_set(folder: Path, split: str, what: str, num_classes: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -181,9 +204,9 @@ def vectorize(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         ctx.inputs["images"],
         ctx.out,
         value_range="tanh",
-        heldout=p.heldout,
+        heldout=p.held_out,
         seed=p.seed,
-        class_filter=getattr(p, "class_filter", None),
+        class_filter=p.kept_class(),
         size=p.image_size,
         limit=p.limit,
         source=p.source,
@@ -191,7 +214,7 @@ def vectorize(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     ctx.log(info["description"])
     x, y = load_set(ctx.out, "train", f"image set {p.dataset}")
     summary = {"train_images": len(x), "image_shape": "x".join(map(str, x.shape[1:]))}
-    if isinstance(p, DigitsParams):
+    if p.DIGITS:
         from models.core.files import write_json_atomic
         from models.toolkit.quality import classifier_predict, save_classifier, train_digits_classifier
 
@@ -220,7 +243,7 @@ class Scorer:
     def __init__(self, p: GanParams, dirs: Mapping[str, Path], inputs: Mapping[str, Path]):
         from models.toolkit import quality
 
-        self.digits = isinstance(p, DigitsParams)
+        self.digits = p.DIGITS
         if self.digits:
             self.classifier = quality.load_classifier(dirs["vectorize"] / CLASSIFIER)
             self.features = quality.digits_extractor(self.classifier)
@@ -247,33 +270,30 @@ def build_networks(p: GanParams, shape: tuple[int, ...], num_classes: int = 0):
     return arch.build(shape, p.latent_dim, p.width, num_classes, critic=p.loss == "wasserstein")
 
 
-def _num_classes(p: GanParams) -> int:
-    return int(getattr(p, "num_classes", 0))
-
-
 def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     import time
 
     import keras
 
     from models.core.images import image_grid, save_png
-    from models.toolkit.training import configure_runtime
+    from models.toolkit.training import configure_runtime, step_summary
 
     device = configure_runtime(p.device, p.mixed_precision, ctx.log)
-    num_classes = _num_classes(p)
+    num_classes = p.label_classes()
     recipe = p.recipe(num_classes)
     x, y = load_set(ctx.upstream["vectorize"], "train", f"image set {p.dataset}", num_classes)
     keras.utils.set_random_seed(p.seed)  # the same initial networks on resume
     G, D = build_networks(p, x.shape[1:], num_classes)
-    g_opt = make_optimizer(p.optimizer, p.g_learning_rate, p.beta_1, p.beta_2, p.clipvalue)
-    d_opt = make_optimizer(p.optimizer, p.d_learning_rate, p.beta_1, p.beta_2, p.clipvalue)
+    g_opt = make_optimizer(p.optimizer, p.g_learning_rate, p.beta_1, p.beta_2, p.gradient_clip)
+    d_opt = make_optimizer(p.optimizer, p.d_learning_rate, p.beta_1, p.beta_2, p.gradient_clip)
     z = fixed_latents(p.seed, p.grid_size, p.latent_dim)
     grid_labels = np.arange(p.grid_size) % num_classes if num_classes else None
     frames = ctx.out / FRAMES
 
     def snapshot(i: int) -> None:
         frames.mkdir(exist_ok=True)
-        save_png(frames / f"step-{i + 1:06d}.png", image_grid(list(to_uint8(generate(G, z, grid_labels)))))
+        grid = image_grid(list(to_uint8(generate(G, z, grid_labels))))
+        save_png(frames / numbered_name("step", i + 1), grid)
 
     t0 = time.perf_counter()
     result = train_adversarial(
@@ -290,7 +310,7 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         ckpt_dir=ctx.out,
         fingerprint=ctx.key,
         checkpoint_every=p.checkpoint_every,
-        snapshot_every=p.snapshot_every,
+        snapshot_every=p.frame_every,
         snapshot=snapshot,
         progress=ctx.progress,
         log=ctx.log,
@@ -299,15 +319,12 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     G.save(ctx.out / GENERATOR)
     history = result["history"]
-    trained = result["iterations"] - result["resumed_from"]
     last = slice(-min(50, len(history["g_loss"])), None)
     final = {
         **{k: float(np.mean(v[last])) for k, v in history.items()},
-        "steps": result["iterations"],
-        "train_steps_per_s": trained / seconds if trained else None,
+        **step_summary(result, seconds),
         "generator_parameters": int(G.count_params()),
         "discriminator_parameters": int(D.count_params()),
-        "resumed_from_step": result["resumed_from"],
         "device": device,
     }
     from models.core.files import write_json_atomic
@@ -324,7 +341,7 @@ def sample(p: GanParams, ctx: StepContext, extra: ExtraSample | None = None) -> 
     from models.core.images import image_grid, save_png
     from models.toolkit.training import load_model
 
-    num_classes = _num_classes(p)
+    num_classes = p.label_classes()
     G = load_model(ctx.upstream["train"] / GENERATOR)
     real, _ = load_set(ctx.upstream["vectorize"], "heldout", f"image set {p.dataset}")
     rng = np.random.default_rng([p.seed, 0x5A3])
@@ -355,9 +372,6 @@ def sample(p: GanParams, ctx: StepContext, extra: ExtraSample | None = None) -> 
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-LEGIBLE = 0.9  # a generated digit counts as legible when the classifier gives one class >= this
-
-
 def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = None) -> Report:
     """Samples, the fixed latents' progression, losses, D's scores and the quality metrics;
     `extra(p, dirs)` adds the variant's own sections."""
@@ -368,9 +382,9 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
     saved = json.loads((dirs["train"] / HISTORY).read_text())
     final, history = saved["final"], saved["history"]
     quality = json.loads((dirs["sample"] / QUALITY).read_text())
-    frame_files = sorted((dirs["train"] / FRAMES).glob("step-*.png"))
-    frames = [load_image(f) for f in frame_files] or [load_image(dirs["sample"] / SAMPLES)]
-    frame_captions = [f"step {int(f.stem.split('-')[1])}" for f in frame_files] or ["final"]
+    frame_files = numbered_files(dirs["train"] / FRAMES, "step")
+    frames = [load_image(f) for _, f in frame_files] or [load_image(dirs["sample"] / SAMPLES)]
+    frame_captions = [f"step {step}" for step, _ in frame_files] or ["final"]
     from models.toolkit.imagesets import image_set_info
 
     data = image_set_info(dirs["vectorize"])
@@ -385,17 +399,9 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
         ]
     losses = {k: history[k] for k in ("d_loss", "g_loss") if k in history}
     scores = {f"D on {k[2:]}": history[k] for k in ("d_real", "d_fake") if k in history}
-    r = p.recipe(_num_classes(p))
+    r = p.recipe(p.label_classes())
     constraint = (f", weights clipped to +-{r.clip_value}" if r.clip_value else "") + (
         f", gradient penalty {r.gp_weight}" if r.gp_weight else ""
-    )
-    digits_note = (
-        " For digits the features are those of a small classifier this pipeline trains on the "
-        "training split (as TF-GAN's MNIST Frechet distance does), so scores compare runs of this "
-        f"pipeline, not published MNIST FIDs; a digit is legible when that classifier gives one class "
-        f">= {LEGIBLE}."
-        if isinstance(p, DigitsParams)
-        else f" Images are quantised to 8 bits, then resized (bicubic) to {getattr(p, 'feature_side', 0)}px."
     )
     sections: list[Section] = [
         Image(
@@ -421,7 +427,7 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
             f"batch {p.batch_size}, {final['steps']} steps; generator {final['generator_parameters']} "
             f"and discriminator {final['discriminator_parameters']} parameters (width x{p.width}). "
             f"FID and KID between {p.sample_count} generated and the held-out real images, "
-            f"features: {quality['quality_features']}." + digits_note + f" Data: {data['description']}."
+            f"features: {quality['quality_features']}." + p.quality_note() + f" Data: {data['description']}."
         )
     )
     return Report(
@@ -429,35 +435,30 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
         metrics=metrics,
         sections=sections,
         history={k: history[k] for k in ("d_loss", "g_loss", "d_real", "d_fake") if k in history},
-        weights=None if isinstance(p, DigitsParams) else quality["quality_features"],
+        weights=None if p.DIGITS else quality["quality_features"],
     )
 
 
 def register_gan(spec: GanSpec) -> Technique:
     model = spec.params_model
     inputs = {"images": Input(lambda p: p.dataset, source="source")}
-    if not issubclass(model, DigitsParams):
-        inputs["weights"] = Input("mobilenet_v2_imagenet", source="weights_source", optional=True)
+    if not model.DIGITS:  # ColourParams: ImageNet MobileNetV2 features
+        inputs["weights"] = Input(weights_entry("mobilenet_v2"), source="weights_source", optional=True)
     return register(
         Technique(
             name=model.NAME,
             summary=model.SUMMARY,
             params_model=model,
             inputs=inputs,
-            vectorize=vectorize,
+            vectorize=spec.vectorize or vectorize,
             train=spec.train or train,
             sample=spec.sample or sample,
             report=spec.report or report,
-            headline=spec.headline
-            or (
-                ("legible_fraction", "fid", "kid")
-                if issubclass(model, DigitsParams)
-                else ("fid", "kid", "g_loss")
-            ),
+            headline=spec.headline or model.HEADLINE,
             history_x="step",
             plots={"losses": ("d_loss", "g_loss"), "discriminator": ("d_real", "d_fake")},
             demo_overrides=spec.demo,
             tiny_overrides=spec.tiny,
-            module=spec.module,
+            module=model.__module__,  # the variant's module
         )
     )

@@ -3,7 +3,7 @@ shared trainer and steps of models/techniques/gan/common.py:
 
   gan        vanilla GAN, dense networks (Cookbook 8), MNIST
   dcgan      DCGAN, `variant: mnist` (Vasilev) or `frogs` (Chollet 8.5's networks)
-  dcgan_frogs  Chollet 8.5: CIFAR-10 frogs, RMSprop with clipvalue, label noise
+  dcgan_frogs  Chollet 8.5: CIFAR-10 frogs, RMSprop with gradient clipping, label noise
   cgan       conditional GAN (Vasilev): the label's embedding multiplies z and the flat image;
              a grid per requested label and the digits classifier's accuracy on each
   wgan       WGAN (Vasilev): linear critic, Wasserstein loss, n_critic=5, `variant: clip`
@@ -30,6 +30,7 @@ from pydantic import model_validator
 from models.core.errors import GdlError
 from models.core.files import write_json_atomic
 from models.core.params import param
+from models.core.registry import Technique
 from models.reporting.report import Grid, Report, Section, Table
 from models.techniques.gan.common import (
     ColourParams,
@@ -40,6 +41,7 @@ from models.techniques.gan.common import (
     register_gan,
     report,
     sample,
+    vectorize,
 )
 from models.techniques.gan.common import train as train_gan
 from models.techniques.gan.trainer import Recipe, generate, to_uint8
@@ -48,12 +50,12 @@ OFFLINE = {"source": "offline"}
 DIGITS_DEMO = {**OFFLINE, "classifier_epochs": 2}
 DIGITS_TINY = {
     "limit": 64,
-    "heldout": 0.25,
+    "held_out": 0.25,
     "classifier_epochs": 1,
     "steps": 3,
     "batch_size": 8,
     "checkpoint_every": 2,
-    "snapshot_every": 2,
+    "frame_every": 2,
     "grid_size": 4,
     "sample_count": 16,
     "width": 0.1,
@@ -65,12 +67,42 @@ COLOUR_TINY = {
 }
 
 
-def train_variant(p: GanParams, ctx: StepContext) -> dict[str, Any]:
-    """The shared trainer for this module's variants: their params classes choose the networks
-    and the recipe, so this step's code version follows them."""
+def variant(p: GanParams) -> GanParams:
+    """`p`, checked to be one of this module's variants. Every step of a variant calls it: its
+    params class chooses the networks, the recipe, the kept class, the label classes and how the
+    images are scored (methods the shared steps call), so each step's code version follows the
+    params classes declared here."""
     if not isinstance(p, VARIANTS):
         raise GdlError(f"{type(p).__name__} is not a GAN variant of {__name__}")
-    return train_gan(p, ctx)
+    return p
+
+
+def vectorize_variant(p: GanParams, ctx: StepContext) -> dict[str, Any]:
+    return vectorize(variant(p), ctx)
+
+
+def train_variant(p: GanParams, ctx: StepContext) -> dict[str, Any]:
+    return train_gan(variant(p), ctx)
+
+
+def sample_variant(p: GanParams, ctx: StepContext) -> dict[str, Any]:
+    return sample(variant(p), ctx)
+
+
+def report_variant(p: GanParams, dirs: Mapping[str, Path]) -> Report:
+    return report(variant(p), dirs)
+
+
+def register_variant(params_model: type[GanParams], **spec: Any) -> Technique:
+    """`register_gan` with this module's steps as the defaults (a variant names its own sample
+    and report when it adds to them)."""
+    steps = {
+        "vectorize": vectorize_variant,
+        "train": train_variant,
+        "sample": sample_variant,
+        "report": report_variant,
+    }
+    return register_gan(GanSpec(params_model, **{**steps, **spec}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,30 +118,26 @@ class VanillaGanParams(DigitsParams):
         16, "train", "Real images per discriminator update (Cookbook 8: half of its batch of 32).", ge=1
     )
     steps: int = param(4000, "train", "Generator updates (Cookbook 8: 4,000).", ge=1)
-    snapshot_every: int = param(100, "train", "Steps between sample grids (Cookbook 8: 100).", ge=1)
+    frame_every: int = param(100, "train", "Steps between sample grids (Cookbook 8: 100).", ge=1)
 
     def architecture(self) -> str:
         return "cookbook_dense"
 
 
-register_gan(
-    GanSpec(
-        params_model=VanillaGanParams,
-        # The book's networks (half width was measured twice as fast and much less legible), at
-        # 2.5 times the book's rate: 38% of the digits legible after 1,500 steps, 11% at 2e-4.
-        demo={
-            **DIGITS_DEMO,
-            "batch_size": 64,
-            "steps": 1500,
-            "d_learning_rate": 5e-4,
-            "g_learning_rate": 5e-4,
-            "checkpoint_every": 250,
-            "snapshot_every": 150,
-        },
-        tiny=DIGITS_TINY,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=VanillaGanParams,
+    # The book's networks (half width was measured twice as fast and much less legible), at
+    # 2.5 times the book's rate: 38% of the digits legible after 1,500 steps, 11% at 2e-4.
+    demo={
+        **DIGITS_DEMO,
+        "batch_size": 64,
+        "steps": 1500,
+        "d_learning_rate": 5e-4,
+        "g_learning_rate": 5e-4,
+        "checkpoint_every": 250,
+        "frame_every": 150,
+    },
+    tiny=DIGITS_TINY,
 )
 
 
@@ -131,25 +159,21 @@ class DcganParams(DigitsParams):
         return {"mnist": "vasilev_dcgan", "frogs": "chollet_dcgan"}[self.variant]
 
 
-register_gan(
-    GanSpec(
-        params_model=DcganParams,
-        # Thinner networks (1/8 of the filters), more steps and a higher rate than Vasilev's 2e-4:
-        # on 2 CPU cores this reaches digit shapes within the 3-minute budget.
-        demo={
-            **DIGITS_DEMO,
-            "width": 0.125,
-            "batch_size": 64,
-            "steps": 1000,
-            "d_learning_rate": 5e-4,
-            "g_learning_rate": 5e-4,
-            "checkpoint_every": 200,
-            "snapshot_every": 100,
-        },
-        tiny=DIGITS_TINY,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=DcganParams,
+    # Thinner networks (1/8 of the filters), more steps and a higher rate than Vasilev's 2e-4:
+    # on 2 CPU cores this reaches digit shapes within the 3-minute budget.
+    demo={
+        **DIGITS_DEMO,
+        "width": 0.125,
+        "batch_size": 64,
+        "steps": 1000,
+        "d_learning_rate": 5e-4,
+        "g_learning_rate": 5e-4,
+        "checkpoint_every": 200,
+        "frame_every": 100,
+    },
+    tiny=DIGITS_TINY,
 )
 
 
@@ -171,36 +195,35 @@ class DcganFrogsParams(ColourParams):
     optimizer: Literal["adam", "rmsprop"] = param("rmsprop", "train", "Optimiser (Chollet 8.5: RMSprop).")
     d_learning_rate: float = param(8e-4, "train", "Discriminator learning rate (Chollet 8.5: 0.0008).", gt=0)
     g_learning_rate: float = param(4e-4, "train", "Generator learning rate (Chollet 8.5: 0.0004).", gt=0)
-    clipvalue: float | None = param(1.0, "train", "Gradient value clipping (Chollet 8.5: 1.0).", gt=0)
+    gradient_clip: float | None = param(1.0, "train", "Gradient value clipping (Chollet 8.5: 1.0).", gt=0)
     batch_size: int = param(20, "train", "Images per discriminator update (Chollet 8.5: 20).", ge=1)
     steps: int = param(10_000, "train", "Generator updates (Chollet 8.5: 10,000).", ge=1)
-    snapshot_every: int = param(100, "train", "Steps between sample grids (Chollet 8.5: 100).", ge=1)
+    frame_every: int = param(100, "train", "Steps between sample grids (Chollet 8.5: 100).", ge=1)
 
     def architecture(self) -> str:
         return {"mnist": "vasilev_dcgan", "frogs": "chollet_dcgan"}[self.variant]
 
+    def kept_class(self) -> int | None:
+        return self.class_filter
 
-register_gan(
-    GanSpec(
-        params_model=DcganFrogsParams,
-        demo={
-            **OFFLINE,
-            "weights_source": "offline",
-            # 24 px instead of CIFAR's 32 and 1/8 of the filters: Chollet's networks at full size
-            # run under one step a second on 2 cores. Thinner still (1/16) collapsed to one colour.
-            "image_size": 24,
-            "width": 0.125,
-            "limit": 2000,
-            "heldout": 0.15,
-            "sample_count": 150,
-            "steps": 200,
-            "checkpoint_every": 50,
-            "snapshot_every": 20,
-        },
-        tiny={**COLOUR_TINY, "width": 0.05},
-        train=train_variant,
-        module=__name__,
-    )
+
+register_variant(
+    params_model=DcganFrogsParams,
+    demo={
+        **OFFLINE,
+        "weights_source": "offline",
+        # 24 px instead of CIFAR's 32 and 1/8 of the filters: Chollet's networks at full size
+        # run under one step a second on 2 cores. Thinner still (1/16) collapsed to one colour.
+        "image_size": 24,
+        "width": 0.125,
+        "limit": 2000,
+        "held_out": 0.15,
+        "sample_count": 150,
+        "steps": 200,
+        "checkpoint_every": 50,
+        "frame_every": 20,
+    },
+    tiny={**COLOUR_TINY, "width": 0.05},
 )
 
 
@@ -230,6 +253,9 @@ class CganParams(DigitsParams):
 
     def architecture(self) -> str:
         return "vasilev_cgan"
+
+    def label_classes(self) -> int:
+        return self.num_classes
 
 
 def cgan_samples(p: CganParams, G, ctx: StepContext, scorer) -> dict[str, Any]:
@@ -273,24 +299,20 @@ def cgan_sections(p: CganParams, dirs: Mapping[str, Path]) -> list[Section]:
 
 
 def cgan_sample(p: CganParams, ctx: StepContext) -> dict[str, Any]:
-    return sample(p, ctx, cgan_samples)
+    return sample(variant(p), ctx, cgan_samples)
 
 
 def cgan_report(p: CganParams, dirs: Mapping[str, Path]) -> Report:
-    return report(p, dirs, cgan_sections)
+    return report(variant(p), dirs, cgan_sections)
 
 
-register_gan(
-    GanSpec(
-        params_model=CganParams,
-        demo={**DIGITS_DEMO, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "snapshot_every": 150},
-        tiny={**DIGITS_TINY, "labels": [1, 2]},
-        headline=("requested_label_accuracy", "fid", "kid"),
-        sample=cgan_sample,
-        report=cgan_report,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=CganParams,
+    demo={**DIGITS_DEMO, "batch_size": 64, "steps": 1500, "checkpoint_every": 250, "frame_every": 150},
+    tiny={**DIGITS_TINY, "labels": [1, 2]},
+    headline=("requested_label_accuracy", "fid", "kid"),
+    sample=cgan_sample,
+    report=cgan_report,
 )
 
 
@@ -305,13 +327,13 @@ class WganParams(DigitsParams):
     variant: Literal["clip", "gp"] = param(
         "clip",
         "train",
-        "clip: weights clipped to [-clip_value, clip_value] (Vasilev); gp: gradient penalty instead.",
+        "clip: weights clipped to [-weight_clip, weight_clip] (Vasilev); gp: gradient penalty instead.",
     )
     loss: Literal["bce", "wasserstein"] = param(
         "wasserstein", "train", "Wasserstein loss mean(y_true * y_pred), linear critic (Vasilev)."
     )
     n_critic: int = param(5, "train", "Critic updates per generator update (Vasilev: 5).", ge=1)
-    clip_value: float = param(0.01, "train", "Critic weight clipping, variant clip (Vasilev: 0.01).", gt=0)
+    weight_clip: float = param(0.01, "train", "Critic weight clipping, variant clip (Vasilev: 0.01).", gt=0)
     gp_weight: float = param(
         10.0, "train", "Gradient-penalty weight, variant gp (Gulrajani et al.: 10).", gt=0
     )
@@ -324,7 +346,7 @@ class WganParams(DigitsParams):
         # The variant picks the critic's constraint: one of the two, never both.
         return replace(
             super().recipe(num_classes),
-            clip_value=self.clip_value if self.variant == "clip" else 0.0,
+            clip_value=self.weight_clip if self.variant == "clip" else 0.0,
             gp_weight=self.gp_weight if self.variant == "gp" else 0.0,
         )
 
@@ -332,27 +354,23 @@ class WganParams(DigitsParams):
         return "vasilev_dense"
 
 
-WGAN_DEMO = {**DIGITS_DEMO, "batch_size": 64, "checkpoint_every": 100, "snapshot_every": 60}
+WGAN_DEMO = {**DIGITS_DEMO, "batch_size": 64, "checkpoint_every": 100, "frame_every": 60}
 
-register_gan(
-    GanSpec(
-        params_model=WganParams,
-        # RMSprop 5e-5 needs tens of thousands of steps; the demo raises the rate to see digits on
-        # CPU, and the clipping bound from 0.01 to 0.05: at 0.01 the clipped critic tells blobs
-        # from digits too weakly (measured after 2,500 steps: 0.01 -> 18% of the digits legible,
-        # 0.02 -> 25%, 0.03 -> 28%; 0.05 reaches 33% after 2,000). 1,600 steps keep `dvc repro`
-        # of the five stages under 2.5 minutes.
-        demo={
-            **WGAN_DEMO,
-            "steps": 1600,
-            "clip_value": 0.05,
-            "d_learning_rate": 1e-3,
-            "g_learning_rate": 1e-3,
-        },
-        tiny=DIGITS_TINY,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=WganParams,
+    # RMSprop 5e-5 needs tens of thousands of steps; the demo raises the rate to see digits on
+    # CPU, and the clipping bound from 0.01 to 0.05: at 0.01 the clipped critic tells blobs
+    # from digits too weakly (measured after 2,500 steps: 0.01 -> 18% of the digits legible,
+    # 0.02 -> 25%, 0.03 -> 28%; 0.05 reaches 33% after 2,000). 1,600 steps keep `dvc repro`
+    # of the five stages under 2.5 minutes.
+    demo={
+        **WGAN_DEMO,
+        "steps": 1600,
+        "weight_clip": 0.05,
+        "d_learning_rate": 1e-3,
+        "g_learning_rate": 1e-3,
+    },
+    tiny=DIGITS_TINY,
 )
 
 
@@ -370,16 +388,12 @@ class WganGpParams(WganParams):
     beta_2: float = param(0.9, "train", "Adam beta_2 (Gulrajani et al.: 0.9).", ge=0, lt=1)
 
 
-register_gan(
-    GanSpec(
-        params_model=WganGpParams,
-        # 1,000 steps: 41% of the digits legible, 1,500: 46% but `dvc repro` of the five stages
-        # took 177 s of the 3 minutes.
-        demo={**WGAN_DEMO, "steps": 1200, "d_learning_rate": 5e-4, "g_learning_rate": 5e-4},
-        tiny=DIGITS_TINY,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=WganGpParams,
+    # 1,000 steps: 41% of the digits legible, 1,500: 46% but `dvc repro` of the five stages
+    # took 177 s of the 3 minutes.
+    demo={**WGAN_DEMO, "steps": 1200, "d_learning_rate": 5e-4, "g_learning_rate": 5e-4},
+    tiny=DIGITS_TINY,
 )
 
 
@@ -395,7 +409,7 @@ class FaceGanParams(ColourParams):
     image_size: int | None = param(56, "vectorize", "Faces are resized to this side (Cookbook 8: 56).", ge=8)
     batch_size: int = param(16, "train", "Real faces per discriminator update (Cookbook 8: 32 // 2).", ge=1)
     steps: int = param(10_000, "train", "Generator updates (Cookbook 8: 10,000).", ge=1)
-    snapshot_every: int = param(100, "train", "Steps between sample grids (Cookbook 8: 100).", ge=1)
+    frame_every: int = param(100, "train", "Steps between sample grids (Cookbook 8: 100).", ge=1)
     interpolation_steps: int = param(
         10, "sample", "Images in each interpolation strip between two faces (Cookbook 8: 10).", ge=2
     )
@@ -467,34 +481,30 @@ def face_sections(p: FaceGanParams, dirs: Mapping[str, Path]) -> list[Section]:
 
 
 def face_sample(p: FaceGanParams, ctx: StepContext) -> dict[str, Any]:
-    return sample(p, ctx, face_samples)
+    return sample(variant(p), ctx, face_samples)
 
 
 def face_report(p: FaceGanParams, dirs: Mapping[str, Path]) -> Report:
-    return report(p, dirs, face_sections)
+    return report(variant(p), dirs, face_sections)
 
 
-register_gan(
-    GanSpec(
-        params_model=FaceGanParams,
-        demo={
-            **OFFLINE,
-            "weights_source": "offline",
-            "image_size": 24,
-            "heldout": 0.2,
-            "sample_count": 100,
-            "width": 0.5,
-            "batch_size": 16,
-            "steps": 300,
-            "checkpoint_every": 100,
-            "snapshot_every": 40,
-        },
-        tiny={**COLOUR_TINY, "image_size": 16, "interpolation_steps": 3},
-        sample=face_sample,
-        report=face_report,
-        train=train_variant,
-        module=__name__,
-    )
+register_variant(
+    params_model=FaceGanParams,
+    demo={
+        **OFFLINE,
+        "weights_source": "offline",
+        "image_size": 24,
+        "held_out": 0.2,
+        "sample_count": 100,
+        "width": 0.5,
+        "batch_size": 16,
+        "steps": 300,
+        "checkpoint_every": 100,
+        "frame_every": 40,
+    },
+    tiny={**COLOUR_TINY, "image_size": 16, "interpolation_steps": 3},
+    sample=face_sample,
+    report=face_report,
 )
 
 

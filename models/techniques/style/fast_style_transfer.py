@@ -28,21 +28,20 @@ import numpy as np
 from pydantic import model_validator
 
 from models.core.errors import GdlError
-from models.core.files import write_json_atomic
-from models.core.params import param
+from models.core.files import numbered_files, numbered_name, write_json_atomic
+from models.core.params import param, source_param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Grid, Note, Report, Table
 from models.techniques.style.perceptual import PerceptualLoss
 from models.techniques.style.style_transfer import (
     STYLE_LOSS_DEMO,
-    WEIGHTS,
     Objective,
     StyleLossParams,
     build_loss,
     loss_weights,
     make_step,
 )
-from models.toolkit.backbones import preprocess_tensor
+from models.toolkit.backbones import preprocess_tensor, weights_entry
 
 PHOTOS, STYLE, NETWORK, HISTORY, FRAMES = (
     "photos.npz",
@@ -56,11 +55,12 @@ DOWNSCALE = 4  # two stride-2 convolutions: sides must be multiples of 4 to come
 
 
 class FastStyleTransferParams(StyleLossParams):
-    content_source: str = param(
+    content_source: str = source_param(
+        "the content photos to train on",
         "offline",
-        "download",
-        "Content photos to train on: offline (the bundled `photos`; the catalog has no COCO, which "
-        "Johnson et al. train on) or a folder, URL, archive or s3:// prefix of your own.",
+        remote=None,
+        offline="the bundled `photos`; the catalog has no COCO, which Johnson et al. train on",
+        own="a folder, file or archive",
     )
     image_size: int = param(
         256, "vectorize", "Side of the square training crops (Johnson et al.: 256).", ge=16
@@ -315,7 +315,7 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
     import keras
 
     from models.core.images import save_png
-    from models.toolkit.training import configure_runtime, optimize_resumable
+    from models.toolkit.training import configure_runtime, optimize_resumable, step_summary
 
     device = configure_runtime(
         p.device, p.mixed_precision, ctx.log, float32_only="the perceptual loss is computed in float32"
@@ -339,7 +339,7 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
 
     def snapshot(i: int) -> None:
         frames.mkdir(exist_ok=True)
-        save_png(frames / f"step-{i + 1:06d}.png", stylize(preview))
+        save_png(frames / numbered_name("step", i + 1), stylize(preview))
 
     t0 = time.perf_counter()
     result = optimize_resumable(
@@ -359,17 +359,14 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     net.save_weights(ctx.out / NETWORK)
     history = result["history"]
-    trained = result["iterations"] - result["resumed_from"]
     last = slice(-min(10, len(history["total"])), None)
     final = {
         "train_loss": float(np.mean(history["total"][last])),
         "train_content_loss": float(np.mean(history["content"][last])),
         "train_style_loss": float(np.mean(history["style"][last])),
         "first_train_loss": history["total"][0],
-        "steps": result["iterations"],
-        "train_steps_per_s": trained / seconds if trained else None,
+        **step_summary(result, seconds),
         "network_parameters": int(net.count_params()),
-        "resumed_from_step": result["resumed_from"],
         "device": device,
     }
     write_json_atomic(ctx.out / HISTORY, {"final": final, "history": history, "weights": described})
@@ -452,7 +449,7 @@ def report(p: FastStyleTransferParams, dirs: Mapping[str, Path]) -> Report:
     stylised = [load_image(f) for f in sorted(dirs["sample"].glob("stylised-*.png"))]
     content = resize(photos[0], max_side=p.sample_side)
     style = np.load(dirs["vectorize"] / STYLE)
-    frame_files = sorted((dirs["train"] / FRAMES).glob("step-*.png"))
+    frame_files = numbered_files(dirs["train"] / FRAMES, "step")
 
     def caption(name: str, label: str) -> str:
         s = scores[name]
@@ -492,8 +489,8 @@ def report(p: FastStyleTransferParams, dirs: Mapping[str, Path]) -> Report:
             Animation(
                 "The first photo through the network during training",
                 "training.gif",
-                [load_image(f) for f in frame_files] or stylised[:1],
-                [f"step {int(f.stem.split('-')[1])}" for f in frame_files] if frame_files else None,
+                [load_image(f) for _, f in frame_files] or stylised[:1],
+                [f"step {step}" for step, _ in frame_files] if frame_files else None,
             ),
             Curve(
                 "Training loss per step (terms as they enter the total)",
@@ -542,7 +539,7 @@ register(
         inputs={
             "photos": Input("photos", source="content_source"),
             "style": Input(lambda p: p.style, source="style_source"),
-            "weights": Input(lambda p: WEIGHTS[p.backbone], source="weights_source", optional=True),
+            "weights": Input(lambda p: weights_entry(p.backbone), source="weights_source", optional=True),
         },
         vectorize=vectorize,
         train=train,

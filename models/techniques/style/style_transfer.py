@@ -25,13 +25,19 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import model_validator
 
-from models.core.files import write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.files import numbered_files, numbered_name, write_json_atomic
+from models.core.params import (
+    TechniqueParams,
+    max_pixels_param,
+    param,
+    source_param,
+    weights_source_param,
+)
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Animation, Curve, Grid, Image, Note, Report, Table
 from models.techniques.style.perceptual import LossWeights, PerceptualLoss
+from models.toolkit.backbones import weights_entry
 
-WEIGHTS = {"vgg19": "vgg19_imagenet_notop", "mobilenet_v2": "mobilenet_v2_imagenet"}
 BOOK_STYLE_LAYERS = ["block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1"]
 # MobileNetV2 stand-ins for the book's VGG19 layers (see the report's note): the first ReLU at
 # each resolution for style (VGG's blockN_conv1: 1/1 ... 1/16; MobileNetV2's stem already halves
@@ -54,18 +60,12 @@ class StyleLossParams(TechniqueParams):
     style: str = param(
         "starry_night", "download", "Style image: a catalog entry (keras-io: The Starry Night)."
     )
-    style_source: str = param(
-        "remote", "download", "Where to read the style image: remote, offline, or your own path/URL/s3://."
-    )
+    style_source: str = source_param("the style image")
     backbone: Literal["vgg19", "mobilenet_v2"] = param(
         "vgg19", "download", "Loss network (Chollet 8.3: VGG19); its ImageNet weights are an input."
     )
-    weights_source: str = param(
-        "remote", "download", "Loss network weights: remote, offline, your own file, or none (random)."
-    )
-    max_pixels: int = param(
-        50_000_000, "vectorize", "Refuse images with more pixels than this (checked before decoding).", ge=4
-    )
+    weights_source: str = weights_source_param("the loss network's ImageNet weights")
+    max_pixels: int = max_pixels_param(ge=4)
     content_layer: str = param("block5_conv2", "train", "Content layer (Chollet 8.3: block5_conv2).")
     style_layers: list[str] = param(
         BOOK_STYLE_LAYERS, "train", "Style layers (Chollet 8.3: block1_conv1 ... block5_conv1)."
@@ -105,9 +105,7 @@ STYLE_LOSS_DEMO = {
 
 class StyleTransferParams(StyleLossParams):
     content: str = param("paris", "download", "Content image: a catalog entry (Chollet 8.3: your own photo).")
-    content_source: str = param(
-        "remote", "download", "Where to read the content image: remote, offline, or your own path/URL/s3://."
-    )
+    content_source: str = source_param("the content image")
     height: int = param(400, "vectorize", "Height the images are resized to (Chollet 8.3: 400).", ge=8)
     optimizer: Literal["lbfgs", "adam"] = param(
         "lbfgs", "train", "lbfgs: SciPy L-BFGS-B on the flattened image (Chollet 8.3); adam: compiled Adam."
@@ -366,7 +364,7 @@ def train(p: StyleTransferParams, ctx: StepContext) -> dict[str, Any]:
 
     def snapshot(i: int) -> None:
         frames.mkdir(exist_ok=True)
-        save_png(frames / f"frame-{i + 1:04d}.png", deprocess(p.backbone, image.numpy()[0]))
+        save_png(frames / numbered_name("frame", i + 1, 4), deprocess(p.backbone, image.numpy()[0]))
 
     result = optimize_resumable(
         ckpt_dir=ctx.out,
@@ -415,9 +413,9 @@ def report(p: StyleTransferParams, dirs: Mapping[str, Path]) -> Report:
     content = np.load(dirs["vectorize"] / CONTENT)
     style = np.load(dirs["vectorize"] / STYLE)
     result = load_image(dirs["sample"] / RESULT)
-    frame_files = sorted((dirs["train"] / FRAMES).glob("frame-*.png"))
-    frames = [content, *(load_image(f) for f in frame_files)]
-    captions = ["start (content)", *(f"iteration {int(f.stem.split('-')[1])}" for f in frame_files)]
+    frame_files = numbered_files(dirs["train"] / FRAMES, "frame")
+    frames = [content, *(load_image(f) for _, f in frame_files)]
+    captions = ["start (content)", *(f"iteration {i}" for i, _ in frame_files)]
     w = loss_weights(p)
     weighted = {
         "content x weight": [w.content * v for v in history["content"]],
@@ -495,7 +493,7 @@ register(
         inputs={
             "content": Input(lambda p: p.content, source="content_source"),
             "style": Input(lambda p: p.style, source="style_source"),
-            "weights": Input(lambda p: WEIGHTS[p.backbone], source="weights_source", optional=True),
+            "weights": Input(lambda p: weights_entry(p.backbone), source="weights_source", optional=True),
         },
         vectorize=vectorize,
         train=train,

@@ -42,8 +42,8 @@ import numpy as np
 from pydantic import model_validator
 
 from models.core.errors import GdlError
-from models.core.files import write_json_atomic
-from models.core.params import TechniqueParams, param
+from models.core.files import numbered_files, write_json_atomic
+from models.core.params import TechniqueParams, max_pixels_param, param, source_param
 from models.core.registry import StepContext
 from models.reporting.report import Animation, Curve, Grid, Table
 
@@ -75,11 +75,11 @@ class TranslationParams(TechniqueParams):
         "Domains to translate between: facades (CMP facades, paired), horse2zebra (unpaired) or "
         "photos (the offline demo: photo tiles and their edge maps).",
     )
-    data_source: str = param(
-        "remote",
-        "download",
-        "Where to read the dataset: remote, offline (photos only) or a folder, URL, archive or s3:// "
-        "prefix of your own (trainA/trainB/testA/testB folders, or side-by-side A|B pairs).",
+    data_source: str = source_param(
+        "the dataset",
+        offline="photos only",
+        own="a folder, archive or s3:// prefix of trainA/trainB/testA/testB folders, or of side-by-side "
+        "A|B pairs",
     )
     image_size: int = param(
         256,
@@ -91,9 +91,7 @@ class TranslationParams(TechniqueParams):
     max_images: int = param(
         0, "vectorize", "Images per domain and split at most, for dataset folders (0: all of them).", ge=0
     )
-    max_pixels: int = param(
-        50_000_000, "vectorize", "Refuse images with more pixels than this (checked before decoding).", ge=4
-    )
+    max_pixels: int = max_pixels_param(ge=4)
     photo_side: int = param(
         256, "vectorize", "dataset=photos: the photos' shorter side before they are cut into tiles.", ge=16
     )
@@ -447,7 +445,7 @@ def train_networks(
     counts) and the device."""
     import time
 
-    from models.toolkit.training import optimize_resumable
+    from models.toolkit.training import optimize_resumable, step_summary
 
     t0 = time.perf_counter()
     result = optimize_resumable(
@@ -466,14 +464,11 @@ def train_networks(
     )
     seconds = time.perf_counter() - t0
     history = result["history"]
-    trained = result["iterations"] - result["resumed_from"]
     last = slice(-min(20, len(history["g_loss"])), None)
     final = {
         **{f"train_{k}": float(np.mean(v[last])) for k, v in history.items()},
-        "steps": result["iterations"],
-        "train_steps_per_s": trained / seconds if trained else None,
+        **step_summary(result, seconds),
         **sizes,
-        "resumed_from_step": result["resumed_from"],
         "device": device,
     }
     write_json_atomic(ctx.out / HISTORY, {"final": final, "history": history})
@@ -568,11 +563,11 @@ def triplets(
 def frames_section(caption: str, train_dir: Path) -> Animation | None:
     from models.core.images import load_image
 
-    files = sorted((train_dir / FRAMES).glob("step-*.png"))
+    files = numbered_files(train_dir / FRAMES, "step")
     if not files:
         return None
     return Animation(
-        caption, "training.gif", [load_image(f) for f in files], [f"step {int(f.stem[5:])}" for f in files]
+        caption, "training.gif", [load_image(f) for _, f in files], [f"step {step}" for step, _ in files]
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from models.core.files import write_json_atomic
+from models.core.files import numbered_name, write_json_atomic
 from models.core.params import param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Note, Report
@@ -289,7 +289,7 @@ def train(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
         (ctx.out / FRAMES).mkdir(exist_ok=True)
         fake_b, fake_a = to_b(preview_a), to_a(preview_b)
         row = [preview_a[0], fake_b[0], to_a(fake_b)[0], preview_b[0], fake_a[0], to_b(fake_a)[0]]
-        save_png(ctx.out / FRAMES / f"step-{i + 1:06d}.png", strip([enlarged(im) for im in row]))
+        save_png(ctx.out / FRAMES / numbered_name("step", i + 1), strip([enlarged(im) for im in row]))
 
     summary = train_networks(
         p,

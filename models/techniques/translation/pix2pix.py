@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.core.files import write_json_atomic
+from models.core.files import numbered_name, write_json_atomic
 from models.core.params import param
 from models.core.registry import Input, StepContext, Technique, register
 from models.reporting.report import Note, Report
@@ -194,7 +194,7 @@ def train(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
     def snapshot(i: int) -> None:
         (ctx.out / FRAMES).mkdir(exist_ok=True)
         save_png(
-            ctx.out / FRAMES / f"step-{i + 1:06d}.png",
+            ctx.out / FRAMES / numbered_name("step", i + 1),
             strip([enlarged(im) for im in (source[0], translate(source[:1])[0], target[0])]),
         )
 
