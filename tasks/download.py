@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks import shared
+from tasks import shared_storage
 from tasks._prefect import PERSISTED, logger, network_retries, step_cache_key
 from tasks.steps import Manifest, project_root
 from tasks.steps import download as download_inputs
@@ -18,7 +18,7 @@ def run(technique: str, params: dict[str, Any], upstream: dict[str, Manifest], d
     if not dvc:
         root = project_root()
         for entry in manifest["inputs"].values():
-            if shared.push_slot(root, root / entry["dir"], logger().warning):
+            if shared_storage.push_slot(root, root / entry["dir"], logger().warning):
                 logger().info(f"download: mirrored {entry['dir']} to shared storage")
     return manifest
 

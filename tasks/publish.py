@@ -6,20 +6,15 @@ with size and sha256), written last. Publishing uploads every file under
 `<prefix>/<technique>/<run_id>/`, then `<prefix>/<technique>/latest.json`, so a reader who
 follows `latest.json` never sees a half-published run.
 
-Configuration, from the environment:
-  GDL_S3_BUCKET          publish to this bucket (unset: publish to a local folder)
-  GDL_S3_PREFIX          key prefix in the bucket (default: gdl)
-  GDL_S3_ENDPOINT_URL    S3-compatible endpoint (also read: AWS_ENDPOINT_URL_S3)
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, ...: the usual boto3 variables
-  GDL_PUBLISH_DIR        local folder (default: data/published)
-  GDL_PUBLISH_ATTEMPTS, GDL_PUBLISH_BACKOFF: retries of a failed upload (default 4, 1 s doubling)
+Configuration (models.core.settings): GDL_S3_BUCKET (unset: publish to the local folder
+GDL_PUBLISH_DIR), GDL_S3_PREFIX, GDL_S3_ENDPOINT_URL, GDL_PUBLISH_ATTEMPTS / _BACKOFF / _TIMEOUT;
+credentials from the usual boto3 variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...).
 """
 
 from __future__ import annotations
 
 import json
 import mimetypes
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,10 +27,8 @@ from prefect import task
 from models.core.errors import GdlError, RetryableError
 from models.core.files import (
     dir_manifest,
-    env_number,
     replace_dir,
     retry,
-    s3_endpoint,
     safe_name,
     safe_relpath,
     staging_dir,
@@ -43,6 +36,7 @@ from models.core.files import (
     write_json_atomic,
 )
 from models.core.registry import get
+from models.core.settings import settings
 from models.inputs.catalog import redact
 from models.inputs.s3 import s3_client, s3_error_text, s3_error_transient
 from models.reporting.gallery import GALLERY, collect_runs, local_runs, render_gallery
@@ -180,17 +174,18 @@ class Target:
 
     @classmethod
     def from_env(cls) -> Target:
-        prefix = os.environ.get("GDL_S3_PREFIX", "gdl").strip("/")
+        current = settings()
+        prefix = current.s3_prefix.strip("/")
         if prefix:
             safe_relpath(prefix, "S3 prefix")
-        local = Path(os.environ.get("GDL_PUBLISH_DIR") or data_dir() / "published")
-        return cls(os.environ.get("GDL_S3_BUCKET") or None, prefix, local)
+        local = current.publish_dir or data_dir() / "published"
+        return cls(current.s3_bucket, prefix, local)
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.bucket else str(self.local_dir)
 
     def identity(self) -> dict[str, Any]:
-        endpoint = s3_endpoint()
+        endpoint = settings().s3_endpoint_url
         return {"target": self.describe(), "endpoint": endpoint if self.bucket else None}
 
 
@@ -230,9 +225,9 @@ def publish_local(target: Target, technique: str, run: Path, manifest: Mapping[s
 def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str, Any], log=print) -> str:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    attempts = env_number("GDL_PUBLISH_ATTEMPTS", 4, int)
-    backoff = env_number("GDL_PUBLISH_BACKOFF", 1.0, float)
-    client = s3_client(timeout=env_number("GDL_PUBLISH_TIMEOUT", 30.0, float), attempts=1)
+    current = settings()
+    attempts, backoff = current.publish_attempts, current.publish_backoff
+    client = s3_client(timeout=current.publish_timeout, attempts=1)
     base = "/".join(p for p in (target.prefix, technique, manifest["run_id"]) if p)
     uploads = [(rel, run / rel) for rel in manifest["files"]] + [(MANIFEST, run / MANIFEST)]
     intact = f"the run directory {run} is intact and {technique}/{LATEST} was not changed"

@@ -44,6 +44,7 @@ from models.core.files import (
     write_json_atomic,
 )
 from models.core.registry import StepContext, Technique, get
+from models.core.settings import settings
 from models.inputs.catalog import Dataset, describe_source, get_dataset, identity, redact, resolve_location
 from models.inputs.fetch import fetch
 
@@ -66,7 +67,7 @@ Manifest = dict[str, Any]  # JSON-able: what tasks hand each other instead of ar
 
 
 def project_root() -> Path:
-    return Path(os.environ.get("GDL_ROOT") or os.getcwd()).resolve()
+    return Path(settings().root or os.getcwd()).resolve()
 
 
 def data_dir(root: Path | None = None) -> Path:

@@ -63,7 +63,7 @@ def test_a_stop_signal_that_a_library_swallows_is_delivered_again_until_gdl_is_d
     import os
     import time
 
-    from flows.cli import StopSignals, Terminated
+    from flows.process import StopSignals, Terminated
 
     expected = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

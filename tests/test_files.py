@@ -1,11 +1,11 @@
-"""Shared plumbing: hostile names, manifests, redaction, settings from the environment."""
+"""Shared plumbing: hostile names, manifests, redaction, retries, slot locks."""
 
 from __future__ import annotations
 
 import pytest
 
 from models.core.errors import GdlError
-from models.core.files import dir_manifest, env_number, retry, safe_name
+from models.core.files import dir_manifest, retry, safe_name
 from models.inputs.catalog import redact
 from tasks.steps import local_dir
 
@@ -37,10 +37,7 @@ def test_a_manifest_from_outside_cannot_point_outside_data(tmp_path, bad):
     assert local_dir(tmp_path, {"dir": "data/raw/t/abc"}) == tmp_path / "data/raw/t/abc"
 
 
-def test_numeric_settings_fail_in_one_line(monkeypatch):
-    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "many")
-    with pytest.raises(GdlError, match="GDL_PUBLISH_ATTEMPTS='many' must be a int"):
-        env_number("GDL_PUBLISH_ATTEMPTS", 4, int)
+def test_retry_needs_an_attempt():
     with pytest.raises(GdlError, match="at least 1"):
         retry(lambda: None, attempts=0, backoff=0, retry_on=(OSError,))
 

@@ -36,14 +36,14 @@ def test_a_second_machine_hits_the_cache_of_the_first_through_s3(project, tmp_pa
 
 
 def test_a_damaged_shared_copy_is_never_used(project, steps, s3, monkeypatch):
-    from tasks import shared
+    from tasks import shared_storage
     from tasks.steps import read_marker
 
     client, bucket = s3
     monkeypatch.setenv("GDL_SHARED_STORAGE", f"s3://{bucket}/shared")
     processed = project / steps["upstream"]["vectorize"]["dir"]
     key = read_marker(processed)["key"]
-    assert shared.push_slot(project, processed)
+    assert shared_storage.push_slot(project, processed)
     client.put_object(
         Bucket=bucket, Key=f"shared/{steps['upstream']['vectorize']['dir']}/corpus.npy", Body=b"tampered"
     )
@@ -51,5 +51,5 @@ def test_a_damaged_shared_copy_is_never_used(project, steps, s3, monkeypatch):
 
     shutil.rmtree(processed)
     notes = []
-    assert shared.pull_slot(project, processed, key, notes.append) is False
+    assert shared_storage.pull_slot(project, processed, key, notes.append) is False
     assert not processed.exists() and "sha256" in notes[0]

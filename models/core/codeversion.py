@@ -14,6 +14,10 @@ on objects, `getattr` and registry lookups are not followed (step functions do n
 computation), and a local variable that shadows a module-level name only adds that definition.
 Annotations are skipped: a parameter typed as the technique's params model does not make the
 step depend on every field description of that model (parameter values are in the key anyway).
+
+Hand-written because no library computes this: caching tools (Prefect's cache policies, joblib,
+DVC) hash a function's own source or whole files, not the closure of module-level definitions a
+function reaches through the project's imports.
 """
 
 from __future__ import annotations

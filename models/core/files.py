@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -16,6 +15,8 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from filelock import FileLock
 
 from models.core.errors import GdlError
 
@@ -154,31 +155,26 @@ def staging_dir(final: Path, sweep: bool = False) -> Iterator[Path]:
         raise
 
 
-def _locked_file(path: Path) -> Any:
-    """Open and lock `path`, making sure the file locked is still the one at `path`: a holder
-    that removes the lock file on release leaves waiters holding a lock on a deleted file, and
-    they must take the new one (the usual lock-then-check-inode protocol)."""
+def _acquire(path: Path) -> FileLock:
+    """Take the lock at `path`. filelock re-takes it when the file it locked was removed by its
+    holder meanwhile (the lock-then-check-inode protocol); a folder pruned in between (by a
+    failed step's cleanup) is made again and the lock tried afresh."""
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
         try:
-            fh = open(path, "a+")  # noqa: SIM115 (returned open and locked)
-        except FileNotFoundError:  # the folder was pruned in between: make it again
-            continue
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
-                return fh
+            lock.acquire()
         except FileNotFoundError:
-            pass
-        fh.close()
+            continue
+        return lock
 
 
 @contextlib.contextmanager
 def file_lock(path: Path, remove_if: Callable[[], bool] | None = None) -> Iterator[None]:
-    """Exclusive advisory lock on `path` (created if needed); blocks until held. With
-    `remove_if`, the lock file is removed on release when that says so (e.g. when the slot it
-    guards does not exist: a failed step leaves no lock file behind)."""
-    fh = _locked_file(path)
+    """Exclusive lock on `path` (created if needed; filelock's FileLock, an flock on Unix);
+    blocks until held. With `remove_if`, the lock file is removed on release when that says so
+    (e.g. when the slot it guards does not exist: a failed step leaves no lock file behind)."""
+    lock = _acquire(path)
     try:
         yield
     finally:
@@ -186,8 +182,7 @@ def file_lock(path: Path, remove_if: Callable[[], bool] | None = None) -> Iterat
             if remove_if is not None and remove_if():
                 path.unlink(missing_ok=True)
         finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            fh.close()
+            lock.release()
 
 
 def prune_empty_dirs(start: Path, stop: Path) -> None:
@@ -225,22 +220,6 @@ def retry(
                 on_retry(attempt, exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
-
-
-def env_number(name: str, default: float, kind: type = int) -> float:
-    """A numeric setting from the environment; a bad value is a one-line error naming it."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise GdlError(f"environment variable {name}={raw!r} must be a {kind.__name__}") from None
-
-
-def s3_endpoint() -> str | None:
-    """The S3-compatible endpoint URL configured for gdl (None: AWS's default)."""
-    return os.environ.get("GDL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None
 
 
 def numbered_name(prefix: str, number: int, digits: int = 6, suffix: str = ".png") -> str:

@@ -10,7 +10,6 @@ the Prefect flows, the DVC stage generator, params.yaml and the tests all iterat
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 from models.core.errors import GdlError
 from models.core.params import TechniqueParams
+from models.core.settings import settings
 
 # progress(done, total, logs): `done` may be fractional (1.5 of 4 epochs) for smooth progress.
 ProgressFn = Callable[[float, int, Mapping[str, float]], None]
@@ -136,7 +136,7 @@ def register(technique: Technique) -> Technique:
 
 
 def _extra_modules() -> list[str]:
-    return [m.strip() for m in os.environ.get("GDL_EXTRA_TECHNIQUES", "").split(",") if m.strip()]
+    return list(settings().extra_techniques)
 
 
 def _load() -> list[str]:

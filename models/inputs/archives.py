@@ -6,6 +6,11 @@ and folders (no links, devices, FIFOs); no path twice; member count, per-file an
 bounded, on the headers up front and again on the bytes actually written. Extraction goes to a
 temporary sibling folder renamed into place at the end, so a rejected or broken archive leaves
 nothing behind. OS metadata (`__MACOSX/`, dot-names) is skipped: manifests never count dot-names.
+
+Hand-written rather than `shutil.unpack_archive` or tarfile's extraction filters (`filter="data"`):
+those refuse unsafe paths and some links, but bound neither the member count nor the per-file and
+total sizes (a zip bomb or a tar of a million files passes), zipfile has no filter at all, and a
+refused member leaves the members before it on disk.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, NoReturn
 
 from models.core.errors import GdlError
-from models.core.files import env_number, temp_dir_beside
+from models.core.files import temp_dir_beside
+from models.core.settings import settings
 
 CHUNK = 1 << 20
 # tarfile reads pax and GNU long-name headers whole, so a hostile header size would fill memory;
@@ -59,18 +65,13 @@ class ArchiveLimits:
 
     @classmethod
     def from_env(cls) -> ArchiveLimits:
-        """The defaults, overridden by GDL_ARCHIVE_MAX_MEMBERS / _FILE_BYTES / _TOTAL_BYTES."""
-        values = {}
-        for field, env in (
-            ("max_members", "GDL_ARCHIVE_MAX_MEMBERS"),
-            ("max_file_bytes", "GDL_ARCHIVE_MAX_FILE_BYTES"),
-            ("max_total_bytes", "GDL_ARCHIVE_MAX_TOTAL_BYTES"),
-        ):
-            value = int(env_number(env, getattr(cls, field), int))
-            if value < 1:
-                raise GdlError(f"environment variable {env}={value} must be at least 1")
-            values[field] = value
-        return cls(**values)
+        """The limits GDL_ARCHIVE_MAX_MEMBERS / _FILE_BYTES / _TOTAL_BYTES set (models.core.settings)."""
+        current = settings()
+        return cls(
+            max_members=current.archive_max_members,
+            max_file_bytes=current.archive_max_file_bytes,
+            max_total_bytes=current.archive_max_total_bytes,
+        )
 
 
 def archive_format(path: Path) -> str | None:

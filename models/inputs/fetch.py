@@ -8,6 +8,10 @@ file or folder. Archives (`.zip`, `.tar.gz`, ...) given for a folder input are e
 (models/inputs/archives.py). Fetches are atomic (built in a staging folder, checked, then renamed),
 verified (sha256 where known; otherwise the first download pins the digest and later ones must
 match) and retried with backoff on transient failures only.
+
+The transfer loop is hand-written rather than left to a library's: urllib, requests and boto3
+bound each connect and read with a timeout, but none has a minimum-rate cutoff (a server sending a
+byte every few seconds never trips a read timeout) or a deadline for a whole download.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from models.core.errors import GdlError, RetryableError, one_line
 from models.core.files import (
     digest_json,
     dir_manifest,
-    env_number,
     file_lock,
     read_json,
     retry,
@@ -42,6 +45,7 @@ from models.core.files import (
     temp_dir_beside,
     write_json_atomic,
 )
+from models.core.settings import settings
 from models.inputs.catalog import (
     Dataset,
     _local_path,
@@ -76,13 +80,15 @@ class FetchPolicy:
 
     @classmethod
     def from_env(cls) -> FetchPolicy:
+        """The policy the GDL_FETCH_* settings give (models.core.settings)."""
+        current = settings()
         return cls(
-            attempts=env_number("GDL_FETCH_ATTEMPTS", cls.attempts, int),
-            backoff=env_number("GDL_FETCH_BACKOFF", cls.backoff, float),
-            timeout=env_number("GDL_FETCH_TIMEOUT", cls.timeout, float),
-            min_rate=env_number("GDL_FETCH_MIN_RATE", cls.min_rate, float),
-            rate_window=env_number("GDL_FETCH_RATE_WINDOW", cls.rate_window, float),
-            deadline=env_number("GDL_FETCH_DEADLINE", cls.deadline, float),
+            attempts=current.fetch_attempts,
+            backoff=current.fetch_backoff,
+            timeout=current.fetch_timeout,
+            min_rate=current.fetch_min_rate,
+            rate_window=current.fetch_rate_window,
+            deadline=current.fetch_deadline,
         )
 
 

