@@ -180,3 +180,23 @@ def test_gallery_survives_odd_metric_names_and_non_finite_values():
     embedded = page[page.index("id='runs-tech'>") + len("id='runs-tech'>") :]
     runs_json = json.loads(embedded[: embedded.index("</script>")])  # strict JSON: no NaN
     assert runs_json[1]["metrics"]["cost $x$"] == "nan"
+
+
+def test_user_text_is_escaped_by_the_page_templates():
+    evil = "<script>alert(1)</script>"
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    prov = Provenance("demo_tech", evil, "t", {"note": evil}, "g", [], [])
+    report = Report(evil, metrics={evil: evil}, sections=[Note(evil), Table(evil, [{evil: evil}])])
+    page = render_html(report, prov, {})
+    assert evil not in page and page.count(escaped) >= 7  # title x2, run, metric, note, table, param
+    runs = {
+        "tech": [
+            _run(evil, "t1", {"score": 0, evil: 1}, {"p": evil}),
+            _run("r2", evil, {"score": 1, evil: 2}, {"p": 1}),
+        ]
+    }
+    gallery = render_gallery(runs)
+    assert "<script>alert" not in gallery  # nowhere, not even in the embedded JSON (\u003c)
+    assert f"<a href='tech/{escaped}/report.html'>{escaped}</a>" in gallery  # the run name
+    assert f"<td>{escaped}</td>" in gallery  # the parameter value
+    assert f"<option value='0'>{escaped} (t1)</option>" in gallery

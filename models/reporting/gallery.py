@@ -9,15 +9,16 @@ here names a technique's metric.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 from models.core.files import is_safe_name
-from models.reporting.report import CSS, fmt, line_png, png_data_uri
+from models.reporting.report import PAGES, line_png, png_data_uri
 
 GALLERY = "index.html"
 MAX_METRIC_COLUMNS = 5
@@ -108,43 +109,6 @@ def _trend(runs: list[dict[str, Any]], metric: str) -> bytes:
     return line_png({label: values}, "run", label, size=(5, 2.4))
 
 
-def _rows_html(rows: list[dict[str, Any]]) -> str:
-    esc = html.escape
-    if not rows:
-        return "<p class='muted'>no differences</p>"
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(fmt(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-# Run-against-run comparison of any two runs, in the page itself (no server, no network).
-_COMPARE_JS = """
-function gdlCompare(t){
-  const runs=JSON.parse(document.getElementById('runs-'+t).textContent);
-  const a=runs[document.getElementById('a-'+t).value], b=runs[document.getElementById('b-'+t).value];
-  const out=document.getElementById('cmp-'+t); out.replaceChildren();
-  const table=(title,rows,cols)=>{const h=document.createElement('h4');h.textContent=title;out.append(h);
-    const tb=document.createElement('table');const tr=tb.insertRow();
-    cols.forEach(c=>{const th=document.createElement('th');th.textContent=c;tr.append(th);});
-    rows.forEach(r=>{const row=tb.insertRow();r.forEach(v=>{row.insertCell().textContent=v;});});
-    out.append(tb);};
-  const show=v=>v===undefined?'':(typeof v==='number'?(+v.toPrecision(4)).toString():JSON.stringify(v));
-  const keys=o=>Object.keys(o||{});
-  const pk=[...new Set([...keys(a.params),...keys(b.params)])]
-    .filter(k=>JSON.stringify(a.params[k])!==JSON.stringify(b.params[k]));
-  table('Parameters that differ',pk.map(k=>[k,show(a.params[k]),show(b.params[k])]),
-    ['parameter',a.run_id,b.run_id]);
-  const mk=[...new Set([...keys(a.metrics),...keys(b.metrics)])];
-  table('Metrics',mk.map(k=>{const x=a.metrics[k],y=b.metrics[k];
-    return [k,show(x),show(y),(typeof x==='number'&&typeof y==='number')?show(y-x):''];}),
-    ['metric',a.run_id,b.run_id,'change']);
-}
-"""
-
-
 def _finite(value: Any) -> Any:
     """JSON has no NaN or infinity: a diverged run's metrics are shown as text."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -156,69 +120,29 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _json_script(element_id: str, data: Any) -> str:
-    # No `<` at all inside the <script> element (JSON's \u003c), whatever the data holds: the
-    # HTML parser must never see `</script` or `<!--` there.
-    text = json.dumps(_finite(data), sort_keys=True, allow_nan=False).replace("<", "\\u003c")
-    return f"<script type='application/json' id='{html.escape(element_id)}'>{text}</script>"
-
-
-def _comparison(technique: str, runs: list[dict[str, Any]]) -> str:
-    esc = html.escape
-    if len(runs) < 2:
-        return ""
-    previous, latest = runs[-2], runs[-1]
-    diff = compare(previous, latest)
-    options = "".join(
-        f"<option value='{i}'>{esc(r['run_id'])} ({esc(r['created_at'])})</option>"
-        for i, r in enumerate(runs)
-    )
-    slug = esc(technique)
-    return (
-        f"<details open><summary>Latest run against the previous one</summary>"
-        f"<h4>Parameters that differ</h4>{_rows_html(diff['params'])}"
-        f"<h4>Metrics</h4>{_rows_html(diff['metrics'])}</details>"
-        f"<details><summary>Compare any two runs</summary>"
-        f"{_json_script('runs-' + technique, runs)}"
-        f"<p><select id='a-{slug}'>{options}</select> against <select id='b-{slug}'>{options}</select> "
-        f"<button type='button' onclick=\"gdlCompare('{slug}')\">compare</button></p>"
-        f"<div id='cmp-{slug}'></div></details>"
-    )
+def _runs_json(runs: list[dict[str, Any]]) -> Markup:
+    """The runs as JSON for the page's <script type='application/json'> element (the compare
+    script reads it). Not HTML-escaped (the script reads its raw text), so no `<` at all
+    (JSON's \\u003c), whatever the data holds: the HTML parser must never see `</script` or `<!--`."""
+    text = json.dumps(_finite(runs), sort_keys=True, allow_nan=False).replace("<", "\\u003c")
+    return Markup(text)
 
 
 def render_gallery(runs_by_technique: dict[str, list[dict[str, Any]]]) -> str:
-    esc = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>gdl gallery</title>",
-        f"<style>{CSS}</style><script>{_COMPARE_JS}</script></head><body><h1>gdl gallery</h1>",
-    ]
-    if not runs_by_technique:
-        parts.append("<p>No runs yet.</p>")
+    techniques = []
     for technique, runs in sorted(runs_by_technique.items()):
         if not is_safe_name(technique):
             continue
-        latest = runs[-1]
-        parts.append(
-            f"<h2 id='{esc(technique)}'>{esc(technique)}</h2><p>Latest: "
-            f"<a href='{esc(technique)}/{esc(latest['run_id'])}/report.html'>"
-            f"{esc(latest['run_id'])}</a> ({esc(latest['created_at'])})</p>"
-        )
         metrics = metric_columns(runs)
-        if metrics and len(runs) > 1:
-            parts.append(
-                f"<img alt='{esc(metrics[0])} per run' src='{png_data_uri(_trend(runs, metrics[0]))}'>"
-            )
-        params = varying_params(runs)[:MAX_PARAM_COLUMNS]
-        head = "".join(f"<th>{esc(k)}</th>" for k in metrics) + "".join(
-            f"<th class='muted'>{esc(k)}</th>" for k in params
+        techniques.append(
+            {
+                "name": technique,
+                "runs": runs,
+                "metrics": metrics,
+                "params": varying_params(runs)[:MAX_PARAM_COLUMNS],
+                "trend": png_data_uri(_trend(runs, metrics[0])) if metrics and len(runs) > 1 else None,
+                "diff": compare(runs[-2], runs[-1]) if len(runs) > 1 else None,
+                "runs_json": _runs_json(runs) if len(runs) > 1 else None,
+            }
         )
-        rows = []
-        for r in reversed(runs):
-            cells = "".join(f"<td>{esc(fmt(r['metrics'].get(k, '')))}</td>" for k in metrics)
-            cells += "".join(f"<td>{esc(fmt(r['params'].get(k, '')))}</td>" for k in params)
-            link = f"<a href='{esc(technique)}/{esc(r['run_id'])}/report.html'>{esc(r['run_id'])}</a>"
-            rows.append(f"<tr><td>{link}</td><td>{esc(r['created_at'])}</td>{cells}</tr>")
-        parts.append(f"<table><tr><th>run</th><th>created</th>{head}</tr>{''.join(rows)}</table>")
-        parts.append(_comparison(technique, runs))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return PAGES.get_template("gallery.html").render(techniques=techniques, no_runs=not runs_by_technique)

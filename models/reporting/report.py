@@ -12,7 +12,6 @@ weights were used.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import re
@@ -20,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
 import numpy as np
 
 from models.core.errors import GdlError
@@ -220,18 +220,6 @@ def _mime(name: str) -> str:
     return "image/gif" if name.endswith(".gif") else "image/png"
 
 
-CSS = """
-body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;color:#222}
-h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem}
-table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;vertical-align:top}
-pre{white-space:pre-wrap;background:#f6f6f6;padding:.75rem;border-radius:4px}
-.seed{color:#888} .note{background:#fff6d5;padding:.5rem .75rem;border-left:4px solid #e0b000}
-.muted{color:#777;font-size:.9rem} img{max-width:100%} td.num{text-align:right}
-details{margin-top:1rem}
-"""
-
-
 def fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -240,32 +228,28 @@ def fmt(value: object) -> str:
     return str(value)
 
 
-def _table_html(rows: Sequence[Mapping[str, Any]]) -> str:
-    esc = html.escape
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    head = "".join(f"<th>{esc(str(c))}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(fmt(row.get(c, '')))}</td>" for c in columns) + "</tr>" for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A table's columns: every key of its rows, in order of first appearance."""
+    return list(dict.fromkeys(k for row in rows for k in row))
 
 
-def _section_html(section: Section, files: Mapping[str, bytes]) -> str:
-    esc = html.escape
-    if isinstance(section, Note):
-        return f"<p class='note'>{esc(section.text)}</p>"
-    if isinstance(section, Text):
-        return (
-            f"<h2>{esc(section.caption)}</h2><pre><span class='seed'>{esc(section.prefix)}</span>"
-            f"{esc(section.text)}</pre>"
-        )
-    if isinstance(section, Table):
-        return f"<h2>{esc(section.caption)}</h2>{_table_html(section.rows)}"
-    name = section.file
-    return (
-        f"<h2>{esc(section.caption)}</h2><img alt='{esc(section.caption)}' "
-        f"src='{data_uri(files[name], _mime(name))}'><p class='muted'>{esc(name)}</p>"
-    )
+# The pages are Jinja2 templates (templates/*.html). Autoescaping escapes every value a page
+# shows (titles, notes, run names, parameters, metric names): nothing is escaped by hand here,
+# and only markup this package builds itself may be passed in as `Markup`.
+PAGES = jinja2.Environment(
+    loader=jinja2.PackageLoader("models.reporting", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+PAGES.filters["fmt"] = fmt
+PAGES.globals["columns"] = _columns
+PAGES.tests.update(
+    note_section=lambda s: isinstance(s, Note),
+    text_section=lambda s: isinstance(s, Text),
+    table_section=lambda s: isinstance(s, Table),
+)
 
 
 def provenance_rows(report: Report, prov: Provenance) -> dict[str, list[dict[str, Any]]]:
@@ -287,24 +271,13 @@ def provenance_rows(report: Report, prov: Provenance) -> dict[str, list[dict[str
 
 
 def render_html(report: Report, prov: Provenance, files: Mapping[str, bytes] | None = None) -> str:
-    esc = html.escape
     files = report_files(report) if files is None else files
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(report.title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{esc(report.title)}</h1>",
-        f"<p class='muted'>{esc(prov.technique)} run {esc(prov.run_id)}, published {esc(prov.created_at)}, "
-        f"code {esc(prov.git)}</p>",
-    ]
-    if report.metrics:
-        rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in report.metrics.items())
-        parts.append(f"<h2>Metrics</h2><table>{rows}</table>")
-    parts += [_section_html(s, files) for s in report.sections]
-    parts.append("<h2>Provenance</h2>")
-    for caption, rows in provenance_rows(report, prov).items():
-        parts.append(f"<h3>{esc(caption)}</h3>{_table_html(rows)}")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return PAGES.get_template("report.html").render(
+        report=report,
+        prov=prov,
+        sources={name: data_uri(data, _mime(name)) for name, data in files.items()},
+        provenance=provenance_rows(report, prov),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
