@@ -20,6 +20,7 @@ step function (models.core.codeversion: the code it runs, not the module it live
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import subprocess
@@ -89,7 +90,20 @@ def _roots(technique: str, step: str) -> list[tuple[str, str]]:
 
 def code_version(technique: str, step: str) -> str:
     """Digest of the code `step` runs for `technique` (see models.core.codeversion)."""
-    return codeversion.digest(_roots(technique, step))
+    digest = codeversion.digest(_roots(technique, step))
+    if step != "publish":
+        return digest
+    h = hashlib.sha256(digest.encode())
+    for path in _templates():
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _templates() -> list[Path]:
+    """The report and gallery templates: publishing's code that is not Python."""
+    from models.reporting.report import TEMPLATES
+
+    return sorted(TEMPLATES.glob("*.html"))
 
 
 def step_code_files(technique: str, step: str) -> list[Path]:
@@ -103,7 +117,8 @@ def step_code_files(technique: str, step: str) -> list[Path]:
             entry = get_dataset(name).offline
             if entry and entry.loader in offline.LOADERS:
                 roots += codeversion.roots_of(offline.LOADERS[entry.loader])
-    return codeversion.files(roots)
+    files = codeversion.files(roots)
+    return files + _templates() if step == "publish" else files
 
 
 @cache

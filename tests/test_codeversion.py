@@ -188,3 +188,21 @@ def test_text_lstm_training_does_not_depend_on_its_sampler_or_report():
         and "models.reporting.gallery:render_gallery" in publish
     )
     assert code_version("text_lstm", "train") != code_version("text_lstm", "sample")
+
+
+def test_editing_a_page_template_changes_only_the_publish_version(tmp_path, monkeypatch):
+    from models.reporting import report
+    from tasks.steps import step_code_files
+
+    before = {step: code_version("text_lstm", step) for step in ("train", "sample", "publish")}
+    assert report.TEMPLATES / "report.html" in step_code_files("text_lstm", "publish")
+    assert report.TEMPLATES / "report.html" not in step_code_files("text_lstm", "train")
+    copy = tmp_path / "templates"
+    copy.mkdir()
+    for page in report.TEMPLATES.glob("*.html"):
+        (copy / page.name).write_text(page.read_text())
+    (copy / "report.html").write_text((copy / "report.html").read_text() + "\n<!-- restyled -->\n")
+    monkeypatch.setattr(report, "TEMPLATES", copy)
+    after = {step: code_version("text_lstm", step) for step in ("train", "sample", "publish")}
+    assert after["train"] == before["train"] and after["sample"] == before["sample"]
+    assert after["publish"] != before["publish"]

@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -236,6 +237,10 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 # The pages are Jinja2 templates (templates/*.html). Autoescaping escapes every value a page
 # shows (titles, notes, run names, parameters, metric names): nothing is escaped by hand here,
 # and only markup this package builds itself may be passed in as `Markup`.
+TEMPLATES = Path(__file__).with_name("templates")
+"""The page templates: publishing's code as much as this module (its code version and DVC deps
+include them, so editing a template re-publishes and nothing else)."""
+
 PAGES = jinja2.Environment(
     loader=jinja2.PackageLoader("models.reporting", "templates"),
     autoescape=True,
