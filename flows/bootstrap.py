@@ -70,7 +70,10 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     if what == "demo":
         cmd = [str(BIN / "gdl"), "run", "all", *argv[1:]]
-        return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        if rc == 0:  # each technique's latest run against its floor (a table, not a verdict)
+            subprocess.run([str(BIN / "gdl"), "quality"], cwd=ROOT, env=env)
+        return rc
     if what == "test":
         for lint in (["check", "."], ["format", "--check", "."]):
             rc = subprocess.run([str(BIN / "ruff"), *lint], cwd=ROOT, env=env).returncode

@@ -138,6 +138,31 @@ def _check_dvc_tracks_inputs(technique: str, params: dict) -> None:
         )
 
 
+def cmd_quality(args) -> None:
+    """Each technique's latest run against its floor; with --check, fail unless all pass."""
+    from models.core.registry import techniques
+    from models.reporting.gallery import local_runs
+    from models.reporting.quality import EXPECTED_BELOW_FLOOR, quality_table
+    from tasks.steps import data_dir
+
+    runs_root = Path(args.runs) if args.runs else data_dir() / "runs"
+    known = sorted(techniques())
+    wanted = args.techniques or known
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise GdlError(f"unknown technique(s): {', '.join(unknown)} (see gdl list)")
+    rows = quality_table(local_runs(runs_root) if runs_root.is_dir() else {}, wanted)
+    width = max(len(r["technique"]) for r in rows)
+    for r in rows:
+        print(f"{r['technique']:<{width}}  {r['verdict']:<22}  {r['sentence']}")
+    failing = [r["technique"] for r in rows if r["verdict"] in ("below floor", "no record")]
+    expected = [r["technique"] for r in rows if r["verdict"] == "below floor (expected)"]
+    if expected:
+        print("expected below floor: " + "; ".join(f"{t}: {EXPECTED_BELOW_FLOOR[t]}" for t in expected))
+    if args.check and failing:
+        raise GdlError(f"below the demo's floor or without a quality record: {', '.join(failing)}")
+
+
 def cmd_params(args) -> None:
     from flows.config import params_path, render_params, render_params_reference
 
@@ -258,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env.add_argument("--write", action="store_true", help="with --reference: write it into README.md")
     env.set_defaults(fn=cmd_settings)
+    quality = sub.add_parser("quality", help="each technique's latest run against its quality floor")
+    quality.add_argument("techniques", nargs="*", help="only these (default: every technique)")
+    quality.add_argument("--check", action="store_true", help="exit non-zero when any is below its floor")
+    quality.add_argument("--runs", help="the runs folder (default: data/runs of the project)")
+    quality.set_defaults(fn=cmd_quality)
     dvc = sub.add_parser("dvc-yaml", help="print (or --write) dvc.yaml from the registry")
     dvc.add_argument("--write", action="store_true")
     dvc.set_defaults(fn=cmd_dvc_yaml)

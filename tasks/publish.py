@@ -42,11 +42,13 @@ from models.inputs.s3 import s3_client, s3_error_text, s3_error_transient
 from models.reporting.gallery import GALLERY, collect_runs, local_runs, render_gallery
 from models.reporting.report import (
     RESERVED,
+    THUMBNAIL_FILE,
     Provenance,
     artifact_plan,
     history_csv,
     render_html,
     report_files,
+    thumbnail_png,
 )
 from tasks._prefect import PERSISTED, artifact_key, in_run, logger, network_retries
 from tasks.steps import MARKER, Manifest, data_dir, git_version, local_dir, project_root, run_dir_of
@@ -144,7 +146,14 @@ def assemble(
     write_json_atomic(run / "params.json", {"technique": technique, "params": prov.params})
     # The weights a run used belong with its numbers (a metric of every technique that has any).
     metrics = {**report.metrics, **({"weights": report.weights} if report.weights else {})}
+    if report.quality is not None:
+        metrics["quality"] = report.quality.as_dict()
     write_json_atomic(run / "metrics.json", metrics)
+    thumbnail = thumbnail_png(report, files)
+    if thumbnail is not None:
+        write_bytes_atomic(run / THUMBNAIL_FILE, thumbnail)
+    else:
+        (run / THUMBNAIL_FILE).unlink(missing_ok=True)
     write_bytes_atomic(run / "history.csv", history_csv(report.history, t.history_x))
     for name, data in files.items():
         write_bytes_atomic(run / name, data)

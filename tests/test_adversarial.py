@@ -229,3 +229,24 @@ def test_weights_of_another_network_are_one_line_error(project):
     other.save_weights(path)
     one_line_error(project, "do not fit", weights_source=str(path))
     assert no_step_output(project, "checkpoints")
+
+
+def test_quantisation_aware_steps_make_the_saved_png_itself_fool_the_network(chelsea_attack):
+    """The demo's floor: the 8-bit PNG, not only the float image, is classified as the target
+    with p >= 0.8, changing no pixel by more than the epsilon's whole grey levels. Rounding the
+    float attack alone does not get there (p ~0.5 measured): the PNG steps do."""
+    p, summary, processed, out = chelsea_attack
+    result = json.loads((out / RESULT).read_text())
+    photo = np.load(processed / "photo.npy")
+    model, _ = load_classifier(p, offline_mobilenet_v2_path(), photo.shape[0])
+
+    def p_elephant(image: np.ndarray) -> tuple[float, int]:
+        probs = np.asarray(model(preprocess(p.backbone, image)[None], training=False))[0]
+        return float(probs[ELEPHANT]), int(np.argmax(probs))
+
+    png = load_image(out / PNG)
+    reached, top1 = p_elephant(png)
+    assert reached >= 0.8 and top1 == ELEPHANT and result["png_steps"] >= 1
+    assert np.abs(png.astype(int) - photo.astype(int)).max() <= allowed_levels(p.backbone, p.epsilon).max()
+    rounded_only = quantize(p.backbone, np.load(out / ATTACKED), photo, p.epsilon)
+    assert p_elephant(rounded_only)[0] < 0.8

@@ -324,3 +324,22 @@ def test_offline_image_folder_weights_and_digits_land_checked(tmp_path):
     with pytest.raises(GdlError, match="is not an image"):
         fetch(get_dataset("chelsea"), str(text), tmp_path / "x", tmp_path)
     assert _landed(tmp_path / "w") == [] and _landed(tmp_path / "x") == []
+
+
+def test_the_painted_style_stand_in_is_reproducible_colourful_and_textured():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from models.inputs.offline import load, source_version
+
+    first = load("painted_strokes", {})
+    assert first == load("painted_strokes", {})  # the same bytes: cached downloads stay valid
+    image = np.asarray(Image.open(io.BytesIO(first)).convert("RGB")).astype(float)
+    saturation = image.max(axis=2) - image.min(axis=2)
+    assert saturation.mean() > 80  # vivid colour, not a dark field of stars
+    assert np.abs(np.diff(image, axis=1)).mean() > 8  # brush strokes: texture at every scale
+    blue, yellow = image[..., 2] > image[..., 0] + 60, image[..., 0] > image[..., 2] + 60
+    assert blue.mean() > 0.5 and yellow.mean() > 0.05
+    assert source_version("painted_strokes", {}).startswith("painted_strokes ")

@@ -156,3 +156,15 @@ def test_readme_parameter_reference_is_generated_from_the_models():
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- params-reference:start -->\n")[1].split("<!-- params-reference:end -->")[0]
     assert block == render_params_reference(), "run `gdl params --reference` into README.md"
+
+
+def test_exponent_numbers_without_a_dot_are_numbers_in_set_and_params_yaml(tmp_path):
+    from models.core.params import parse_overrides, read_params_file
+
+    # PyYAML alone reads 5e-4 as the string "5e-4" (YAML 1.1); a user means a number.
+    assert parse_overrides(["gan.d_learning_rate=5e-4", "gan.steps=1E3"]) == {
+        "gan": {"d_learning_rate": 5e-4, "steps": 1000.0}
+    }
+    assert parse_overrides(["gan.note=e5"]) == {"gan": {"note": "e5"}}
+    (tmp_path / "params.yaml").write_text("demo:\n  gan:\n    g_learning_rate: 2e-4\n")
+    assert read_params_file(tmp_path / "params.yaml")["demo"]["gan"]["g_learning_rate"] == 2e-4

@@ -90,6 +90,10 @@ def test_the_report_shows_input_translation_truth_and_both_generators_scores(tra
         "truth",
     ]
     table = next(s for s in report.sections if isinstance(s, Table))
-    assert [row["generator"] for row in table.rows] == ["trained", "untrained"]
+    assert [row["generator"] for row in table.rows] == ["trained", "untrained", "none: a blank page"]
     assert report.metrics["test_l1"] < report.metrics["test_l1_untrained"]
+    # The blank page is the truths' median colour, scored like a translation.
+    assert 0 < report.metrics["test_ssim_blank"] <= 1 and report.quality.checks[0].metric.endswith(
+        "_over_blank"
+    )
     assert len(list((dirs["train"] / "frames").glob("step-*.png"))) == 2

@@ -181,3 +181,14 @@ def test_digit_metrics_rank_heldout_real_digits_above_blurred_digits_and_noise(d
     np.testing.assert_allclose(
         classifier_features(loaded, real[:20]), classifier_features(model, real[:20]), rtol=1e-5, atol=1e-6
     )
+
+
+def test_luminance_ssim_keeps_structure_whatever_the_colours():
+    from models.toolkit.quality import luminance_ssim
+
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    assert luminance_ssim(photo, photo) == pytest.approx(1.0)
+    recoloured = photo[..., ::-1].copy()  # the same picture, channels swapped
+    noise = rng.integers(0, 256, photo.shape, dtype=np.uint8)
+    assert luminance_ssim(photo, noise) < 0.1 < luminance_ssim(photo, recoloured)

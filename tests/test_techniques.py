@@ -50,6 +50,38 @@ def test_every_technique_runs_its_real_steps_and_publishes_a_full_report(with_te
         assert (run / name).is_file() and name in manifest["files"]
     plan = artifact_plan(built["report"], built["provenance"], built["files"], "here")
     assert len({item["key"] for item in plan}) == len(plan)
+    if technique not in TEST_TECHNIQUES.split(","):  # every real technique: against two points
+        _check_quality_record(technique, run, metrics, manifest, html)
+
+
+# The techniques whose quality metrics score generated images: they keep them in generated.npz.
+GENERATES = {
+    "gan", "dcgan", "wgan", "wgan_gp", "cgan", "dcgan_frogs", "face_gan", "vae",
+    "cyclegan", "pix2pix", "style_transfer", "fast_style_transfer",
+}  # fmt: skip
+
+
+def _check_quality_record(technique, run, metrics, manifest, html):
+    import math
+
+    import numpy as np
+    from markupsafe import escape
+
+    record = metrics["quality"]
+    for key in ("metric", "value", "untrained", "reference", "score", "floor", "higher_is_better"):
+        assert key in record, f"{technique}: quality record without {key}"
+    if record["metric"] in metrics:  # the headline number and the record's value are one number
+        assert record["value"] == metrics[record["metric"]]
+    span = record["reference"] - record["untrained"]
+    if span and (span > 0) == record["higher_is_better"]:
+        assert math.isclose(record["score"], (record["value"] - record["untrained"]) / span, rel_tol=1e-9)
+    else:
+        assert record["score"] is None and record["passed"] is False
+    assert str(escape(record["sentence"])) in html
+    assert "thumbnail.png" in manifest["files"]
+    if technique in GENERATES:
+        with np.load(run / "samples" / "generated.npz", allow_pickle=False) as found:
+            assert found["images"].dtype == np.uint8 and len(found["images"]) >= 1
 
 
 def _zip(path, members: dict[str, bytes]):

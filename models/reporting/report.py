@@ -25,6 +25,7 @@ import numpy as np
 
 from models.core.errors import GdlError
 from models.core.files import safe_name
+from models.reporting.quality import Quality
 
 THUMBNAIL = 480  # longest side of an image inlined in a Prefect artifact
 
@@ -101,6 +102,21 @@ class Report:
     sections: list[Section] = field(default_factory=list)
     history: dict[str, list[float]] = field(default_factory=dict)  # one row per Technique.history_x
     weights: str | None = None  # the pretrained weights used, in words (None: no network weights)
+    # The headline metric against its reference points (models/reporting/quality.py): leads the
+    # page, goes into metrics.json as `quality`, and the gallery's score column.
+    quality: Quality | None = None
+    # The run's main image (a section's file): the gallery's thumbnail (default: the first image).
+    main_image: str | None = None
+
+    def main_file(self) -> str | None:
+        """The file name of the image that stands for the run (None: a report without images)."""
+        if self.main_image:
+            return self.main_image
+        for kinds in (Image | Grid, Animation | Curve):  # a picture of the result, else a chart
+            for section in self.sections:
+                if isinstance(section, kinds):
+                    return section.file
+        return None
 
 
 @dataclass(frozen=True)
@@ -190,7 +206,17 @@ def report_files(report: Report) -> dict[str, bytes]:
     return files
 
 
-RESERVED = {"params.json", "metrics.json", "history.csv", "report.html", "manifest.json"}
+THUMBNAIL_FILE = "thumbnail.png"  # the gallery's small picture of a run (its main image)
+RESERVED = {"params.json", "metrics.json", "history.csv", "report.html", "manifest.json", THUMBNAIL_FILE}
+GALLERY_THUMBNAIL = 160  # longest side of the gallery's thumbnail
+
+
+def thumbnail_png(report: Report, files: Mapping[str, bytes]) -> bytes | None:
+    """The run's main image, shrunk for the gallery (None when the report has no image)."""
+    name = report.main_file()
+    if name is None or name not in files:
+        return None
+    return _small_png(files[name], GALLERY_THUMBNAIL)
 
 
 def history_csv(history: Mapping[str, Sequence[float]], x: str) -> bytes:
@@ -306,19 +332,32 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "item"
 
 
-def _thumbnail(name: str, data: bytes) -> tuple[bytes, str]:
-    """A small PNG for the UI (artifacts live in Prefect's database), or a GIF as it is."""
+def _small_png(data: bytes, side: int) -> bytes:
+    """An image file's (first) frame as a PNG whose longest side is at most `side`."""
     from PIL import Image as PILImage
 
     from models.core import images
 
-    if name.endswith(".gif"):
-        return data, "image/gif"
     with PILImage.open(io.BytesIO(data)) as im:
         array = np.asarray(im.convert("RGB"))
-    if max(array.shape[:2]) > THUMBNAIL:
-        array = images.resize(array, max_side=THUMBNAIL)
-    return images.png_bytes(array), "image/png"
+    if max(array.shape[:2]) > side:
+        array = images.resize(array, max_side=side)
+    return images.png_bytes(array)
+
+
+def _thumbnail(name: str, data: bytes) -> tuple[bytes, str]:
+    """A small PNG for the UI (artifacts live in Prefect's database), or a GIF as it is."""
+    if name.endswith(".gif"):
+        return data, "image/gif"
+    return _small_png(data, THUMBNAIL), "image/png"
+
+
+def _quality_md(report: Report) -> str:
+    q = report.quality
+    if q is None:
+        return ""
+    flag = "" if q.passed else " **Below the demo's floor.**"
+    return f"**Quality**: {_md(q.sentence())}.{flag}\n\n"
 
 
 def artifact_plan(report: Report, prov: Provenance, files: Mapping[str, bytes], where: str) -> list[dict]:
@@ -344,7 +383,7 @@ def artifact_plan(report: Report, prov: Provenance, files: Mapping[str, bytes], 
             "kind": "markdown",
             "key": "summary",
             "description": f"{prov.technique} run summary",
-            "content": f"# {report.title}\n\n{notes}\n\n{where}\n\n"
+            "content": f"# {report.title}\n\n{_quality_md(report)}{notes}\n\n{where}\n\n"
             f"| metric | value |\n|---|---|\n{metrics}\n\n"
             f"{excerpts}\n\n{prov_md}\n\n**Hyperparameters**: {params}\n",
         }

@@ -21,7 +21,9 @@ the attacked image rounded to grey levels and then projected into the 8-bit ball
 k = floor(epsilon / grey level) levels per channel around the (8-bit) original. Guaranteed:
 |PNG - original| <= k grey levels, hence <= epsilon in input space (to within 0.1% of a grey
 level, the tolerance of the floor). Not guaranteed: that the PNG still fools the network (with
-epsilon under one grey level the PNG *is* the original); its p(target) is a metric.
+epsilon under one grey level the PNG *is* the original); its p(target) is a metric. With
+`png_steps`, the attack goes on on the 8-bit image itself (one grey level per pixel per step,
+inside the same ball), so what is saved is what was attacked.
 
 Untargeted sweep: FGSM (one step of epsilon along the sign of the loss gradient, Goodfellow et
 al. 2015) and PGD (Madry et al. 2018: `pgd_steps` steps of `pgd_step_ratio * epsilon`,
@@ -52,6 +54,7 @@ from models.core.params import (
 )
 from models.core.registry import Input, StepContext, Technique, register
 from models.inputs.formats import image_files
+from models.reporting.quality import Check, Quality
 from models.reporting.report import Curve, Grid, Note, Report, Table
 from models.toolkit.backbones import weights_entry
 
@@ -59,6 +62,8 @@ PHOTO, PHOTOS, META = "photo.npy", "photos.npy", "meta.json"
 ATTACKED, PNG, RESULT = "attacked.npy", "adversarial.png", "attack.json"
 SWEEP = "sweep.json"
 CLASSES = 1000  # ImageNet
+PNG_TARGET_FLOOR = 0.8  # the demo's floor on p(target) of the saved 8-bit PNG
+MAX_LEVELS = 4  # ... changing no pixel by more than this many grey levels
 LEVEL_TOLERANCE = 1e-3  # of a grey level, so epsilon = exactly k levels allows k levels
 SWEEP_BATCH = 16  # photos per batch of the sweep (a folder of your own can be large)
 DIFF_GAIN = 50  # the difference image is amplified this many times around grey
@@ -111,6 +116,22 @@ class AdversarialParams(TechniqueParams):
         500, "train", "Give up after this many steps (the book loops until the threshold).", ge=1
     )
     checkpoint_every: int = param(10, "train", "Steps between checkpoints of the attacked image.", ge=1)
+    png_steps: int = param(
+        0,
+        "train",
+        "Quantisation-aware steps after the attack: on the 8-bit image itself, each pixel moves one "
+        "grey level along sign(grad log p(target)), kept within the epsilon ball of whole levels, "
+        "until the saved PNG reaches png_target (0: the book, which saves the float image only).",
+        ge=0,
+    )
+    png_target: float = param(
+        0.9,
+        "train",
+        "p(target) the quantisation-aware steps aim for: above the threshold, so the saved file keeps "
+        "a margin over it on other machines' floats.",
+        gt=0,
+        le=1,
+    )
     sweep_epsilons: list[float] = param(
         [0.0, 0.0005, 0.001, 0.002, 0.005, 0.01],
         "sample",
@@ -144,10 +165,11 @@ DEMO = {
     "photo_source": "offline",
     "backbone": "mobilenet_v2",
     "weights_source": "offline",
-    "epsilon": 0.0225,  # the book's 1.275 grey levels in MobileNetV2's normalised space
+    "epsilon": 0.0225,  # the book's 1.275 grey levels in MobileNetV2's normalised space: 1 level
     "gradient": "sign",
     "step_size": 0.005,
     "max_steps": 60,
+    "png_steps": 30,
     "checkpoint_every": 5,
     "sweep_epsilons": [0.0, 0.0002, 0.0005, 0.001, 0.005],  # 0 to 0.3 grey levels: enough here
     "pgd_steps": 3,
@@ -302,6 +324,9 @@ def train(p: AdversarialParams, ctx: StepContext) -> dict[str, Any]:
     attacked = image.numpy()
     final = np.asarray(model(attacked, training=False))[0]
     png = quantize(p.backbone, attacked[0], photo, p.epsilon)
+    png_steps = 0
+    if p.png_steps:
+        png, png_steps = refine_png(model, p, png, photo)
     png_probs = np.asarray(model(preprocess(p.backbone, png)[None], training=False))[0]
     history = result["history"]
     # Steps that moved the image: the last iteration of a successful run only checked it.
@@ -317,6 +342,7 @@ def train(p: AdversarialParams, ctx: StepContext) -> dict[str, Any]:
         "png_p_target": float(png_probs[p.target_class]),
         "png_success": bool(png_probs[p.target_class] >= p.threshold),
         "png_top1": int(np.argmax(png_probs)),
+        "png_steps": png_steps,
         "max_change": float(np.abs(attacked[0] - original[0]).max()),
         "png_max_levels": int(np.abs(png.astype(np.int64) - photo.astype(np.int64)).max()),
         "allowed_levels": allowed_levels(p.backbone, p.epsilon).tolist(),
@@ -332,6 +358,32 @@ def train(p: AdversarialParams, ctx: StepContext) -> dict[str, Any]:
         f"in {steps} steps; saved PNG {summary['png_p_target']:.3g}"
     )
     return {k: summary[k] for k in ("steps", "success", "p_target", "png_p_target")}
+
+
+def refine_png(model, p: AdversarialParams, png: np.ndarray, photo: np.ndarray) -> tuple[np.ndarray, int]:
+    """Quantisation-aware steps on the 8-bit image: one grey level per pixel along sign(grad log
+    p(target)) at the image as it will be saved, projected into the ball of `allowed_levels`
+    around the 8-bit original and 0..255, until p(target) of the 8-bit image reaches
+    `png_target`. Returns the image and the steps taken."""
+    import tensorflow as tf
+
+    from models.toolkit.backbones import preprocess
+
+    k = allowed_levels(p.backbone, p.epsilon)
+    base = photo.astype(np.int64)
+    low, high = np.maximum(base - k, 0), np.minimum(base + k, 255)
+    current = png.astype(np.int64)
+    for step in range(p.png_steps):
+        x = tf.constant(preprocess(p.backbone, current.astype(np.uint8))[None])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            p_target = model(x, training=False)[0, p.target_class]
+            objective = tf.math.log(p_target + 1e-30)
+        if float(p_target) >= p.png_target:
+            return current.astype(np.uint8), step
+        grad = tape.gradient(objective, x).numpy()[0]
+        current = np.clip(current + np.sign(grad).astype(np.int64), low, high)
+    return current.astype(np.uint8), p.png_steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,6 +506,7 @@ def report(p: AdversarialParams, dirs: dict[str, Path]) -> Report:
         "png_target_probability": a["png_p_target"],
         "png_attack_success": int(a["png_success"]),
         "png_top1": a["png_top1"],
+        "png_steps": a.get("png_steps", 0),
         "clean_target_probability": a["p_target_clean"],
         "max_change_input_space": a["max_change"],
         "png_max_change_levels": a["png_max_levels"],
@@ -482,8 +535,10 @@ def report(p: AdversarialParams, dirs: dict[str, Path]) -> Report:
                 f"stop at p >= {p.threshold} or {p.max_steps} steps. "
                 f"{'Reached' if a['success'] else 'Did not reach'} the threshold after {a['steps']} steps: "
                 f"p(target) {a['p_target_clean']:.3g} -> {a['p_target']:.3g} (float image), "
-                f"{a['png_p_target']:.3g} after quantising to 8 bits (at most {a['allowed_levels']} "
-                f"grey levels per RGB channel; largest change {a['png_max_levels']})."
+                f"{a['png_p_target']:.3g} after quantising to 8 bits"
+                + (f" and {a['png_steps']} quantisation-aware steps" if a.get("png_steps") else "")
+                + f" (at most {a['allowed_levels']} grey levels per RGB channel; largest change "
+                f"{a['png_max_levels']})."
             ),
             Table("Top-5 (class, probability)", rank, name="top5"),
             Curve(
@@ -533,6 +588,31 @@ def report(p: AdversarialParams, dirs: dict[str, Path]) -> Report:
         ],
         history={k: history[k] for k in ("p_target", "p_top1", "top1") if k in history},
         weights=a["weights"],
+        quality=Quality(
+            metric="png_target_probability",
+            value=a["png_p_target"],
+            untrained=a["p_target_clean"],
+            reference=p.threshold,
+            value_floor=PNG_TARGET_FLOOR,
+            label="p(target) of the saved PNG",
+            untrained_is="the original photo",
+            reference_is="the attack's target probability",
+            checks=(
+                Check(
+                    "png_top1_is_target",
+                    float(a["png_top1"] == p.target_class),
+                    1.0,
+                    what="PNG top-1 is the target",
+                ),
+                Check(
+                    "png_max_change_levels",
+                    a["png_max_levels"],
+                    MAX_LEVELS,
+                    higher_is_better=False,
+                    what="largest change of the PNG in grey levels",
+                ),
+            ),
+        ),
     )
 
 

@@ -344,3 +344,17 @@ def quality_metrics(
             real, fake, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
         ),
     }
+
+
+def luminance_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two uint8 RGB images of one size on their luminance (ITU-R BT.601 weights): how
+    much of one image's structure the other keeps, whatever their colours (a stylised photo
+    against the photo)."""
+    import tensorflow as tf
+
+    if a.shape != b.shape:
+        raise ValueError(f"luminance_ssim: images of shapes {a.shape} and {b.shape}")
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    luma = [tf.constant((x.astype(np.float32) / 255.0) @ weights)[..., None] for x in (a, b)]
+    side = min(a.shape[:2])
+    return float(tf.image.ssim(luma[0], luma[1], max_val=1.0, filter_size=min(11, side)))

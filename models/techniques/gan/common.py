@@ -17,6 +17,7 @@ from models.core.errors import GdlError
 from models.core.files import numbered_files, numbered_name
 from models.core.params import TechniqueParams, param, source_param, weights_source_param
 from models.core.registry import Input, StepContext, Technique, register
+from models.reporting.quality import Check, Quality
 from models.reporting.report import Animation, Curve, Image, Note, Report, Section
 from models.techniques.gan.trainer import (
     Recipe,
@@ -30,6 +31,8 @@ from models.techniques.gan.trainer import (
 from models.toolkit.backbones import weights_entry
 
 LEGIBLE = 0.9  # a generated digit counts as legible when the classifier gives one class >= this
+LEGIBLE_FLOOR = 0.5  # the demo's floor on the legible fraction of generated digits
+FID_SCORE_FLOOR = 0.5  # the demo's floor on a colour GAN's FID score
 
 
 class GanParams(TechniqueParams):
@@ -113,6 +116,10 @@ class GanParams(TechniqueParams):
         """What the report says about the features FID/KID are computed in."""
         raise NotImplementedError
 
+    def quality_record(self, m: Mapping[str, Any]) -> Quality:
+        """The run's quality record from the sample step's metrics."""
+        raise NotImplementedError
+
 
 class DigitsParams(GanParams):
     """A GAN of digits: scored with a digits classifier the pipeline trains itself."""
@@ -135,6 +142,23 @@ class DigitsParams(GanParams):
             f">= {LEGIBLE}."
         )
 
+    def quality_checks(self, m: Mapping[str, Any]) -> tuple[Check, ...]:
+        """Conditions besides legibility (a conditional GAN's requested labels)."""
+        return ()
+
+    def quality_record(self, m: Mapping[str, Any]) -> Quality:
+        return Quality(
+            metric="legible_fraction",
+            value=m["legible_fraction"],
+            untrained=m["untrained_legible_fraction"],
+            reference=m["heldout_legible_fraction"],
+            value_floor=LEGIBLE_FLOOR,
+            label="legible fraction",
+            untrained_is="the untrained generator",
+            reference_is="real held-out digits",
+            checks=self.quality_checks(m),
+        )
+
 
 class ColourParams(GanParams):
     """A GAN of colour images: scored with the ImageNet MobileNetV2's pooled features."""
@@ -150,6 +174,19 @@ class ColourParams(GanParams):
 
     def quality_note(self) -> str:
         return f" Images are quantised to 8 bits, then resized (bicubic) to {self.feature_side}px."
+
+    def quality_record(self, m: Mapping[str, Any]) -> Quality:
+        return Quality(
+            metric="fid",
+            value=m["fid"],
+            untrained=m["untrained_fid"],
+            reference=m["reference_fid"],
+            floor=FID_SCORE_FLOOR,
+            higher_is_better=False,
+            label="FID",
+            untrained_is="the untrained generator",
+            reference_is="real training images",
+        )
 
 
 # Files of the steps
@@ -337,8 +374,10 @@ def sample(p: GanParams, ctx: StepContext, extra: ExtraSample | None = None) -> 
     """Generate `sample_count` images from seeded latents and score them against the held-out
     split (FID, KID; digits: the classifier's confidence), then the variant's own samples
     (`extra(p, G, ctx, scorer)`, its metrics)."""
+    import keras
+
     from models.core.files import write_json_atomic
-    from models.core.images import image_grid, save_png
+    from models.core.images import image_grid, save_generated, save_png
     from models.toolkit.training import load_model
 
     num_classes = p.label_classes()
@@ -348,19 +387,35 @@ def sample(p: GanParams, ctx: StepContext, extra: ExtraSample | None = None) -> 
     z = rng.standard_normal((p.sample_count, p.latent_dim), dtype=np.float32)
     labels = rng.integers(0, num_classes, p.sample_count).astype(np.int32) if num_classes else None
     fake = generate(G, z, labels)
+    save_generated(ctx.out, to_uint8(fake), **({"labels": labels} if labels is not None else {}))
     scorer = Scorer(p, ctx.upstream, ctx.inputs)
     metrics: dict[str, Any] = dict(scorer.quality((real + 1.0) / 2.0, (fake + 1.0) / 2.0, p.seed))
+    # The reference points of the quality record: the untrained generator (the networks training
+    # started from: same seed, same latents) and real images of the training split scored
+    # against the held-out split as the generated ones are.
+    keras.utils.set_random_seed(p.seed)
+    G0, _ = build_networks(p, real.shape[1:], num_classes)
+    untrained = generate(G0, z, labels)
     if scorer.digits:
         probs = scorer.predict((fake + 1.0) / 2.0)
         confidence = probs.max(axis=1)
         metrics["classifier_confidence"] = float(confidence.mean())
         metrics["legible_fraction"] = float((confidence >= LEGIBLE).mean())
+        metrics["untrained_legible_fraction"] = float(
+            (scorer.predict((untrained + 1.0) / 2.0).max(axis=1) >= LEGIBLE).mean()
+        )
         if labels is not None:
             metrics["label_accuracy"] = float((probs.argmax(axis=1) == labels).mean())
         # The same two numbers for real held-out digits: what "legible" reaches at best.
         real_confidence = scorer.predict((real + 1.0) / 2.0).max(axis=1)
         metrics["heldout_classifier_confidence"] = float(real_confidence.mean())
         metrics["heldout_legible_fraction"] = float((real_confidence >= LEGIBLE).mean())
+    else:
+        train_real, _ = load_set(ctx.upstream["vectorize"], "train", f"image set {p.dataset}")
+        pick = np.random.default_rng([p.seed, 0x5A4]).permutation(len(train_real))[: p.sample_count]
+        reference = scorer.quality((real + 1.0) / 2.0, (train_real[pick] + 1.0) / 2.0, p.seed)
+        metrics["reference_fid"] = reference["fid"]
+        metrics["untrained_fid"] = scorer.quality((real + 1.0) / 2.0, (untrained + 1.0) / 2.0, p.seed)["fid"]
     grid_z = fixed_latents(p.seed, p.grid_size, p.latent_dim)
     grid_labels = np.arange(p.grid_size) % num_classes if num_classes else None
     save_png(ctx.out / SAMPLES, image_grid(list(to_uint8(generate(G, grid_z, grid_labels)))))
@@ -436,6 +491,7 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
         sections=sections,
         history={k: history[k] for k in ("d_loss", "g_loss", "d_real", "d_fake") if k in history},
         weights=None if p.DIGITS else quality["quality_features"],
+        quality=p.quality_record(quality),
     )
 
 

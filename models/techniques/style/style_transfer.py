@@ -34,6 +34,7 @@ from models.core.params import (
     weights_source_param,
 )
 from models.core.registry import Input, StepContext, Technique, register
+from models.reporting.quality import Check, Quality
 from models.reporting.report import Animation, Curve, Grid, Image, Note, Report, Table
 from models.techniques.style.perceptual import LossWeights, PerceptualLoss
 from models.toolkit.backbones import weights_entry
@@ -51,6 +52,28 @@ MOBILENET_STYLE_LAYERS = [
 ]
 MOBILENET_CONTENT_LAYER = "block_13_expand_relu"
 CONTENT, STYLE, RESULT, HISTORY, FRAMES = "content.npy", "style.npy", "result.png", "history.json", "frames"
+KEPT = "content_kept.json"
+STYLE_SCORE_FLOOR = 0.9  # the demo's floor: style loss at most 10% of the content photo's own
+CONTENT_SSIM_FLOOR = 0.3  # ... with the photo still recognisable (luminance SSIM to it)
+
+
+def style_quality(style_loss: float, content_style_loss: float, kept: float) -> Quality:
+    """Style loss read from the content photo's own (untrained: where the optimisation starts) to
+    0 (the style's Gram matrices matched exactly), with the photo kept recognisable."""
+    return Quality(
+        metric="style_loss",
+        value=style_loss,
+        untrained=content_style_loss,
+        reference=0.0,
+        floor=STYLE_SCORE_FLOOR,
+        higher_is_better=False,
+        label="style loss",
+        untrained_is="the content photo itself",
+        reference_is="the style matched exactly",
+        checks=(
+            Check("content_luminance_ssim", kept, CONTENT_SSIM_FLOOR, what="luminance SSIM to the content"),
+        ),
+    )
 
 
 class StyleLossParams(TechniqueParams):
@@ -91,7 +114,7 @@ class StyleLossParams(TechniqueParams):
 # MobileNetV2 (inputs about 50x smaller, ReLU6 features) these balance the terms: style dominates
 # at the start.
 STYLE_LOSS_DEMO = {
-    "style": "hubble_deep_field",
+    "style": "starry_night",  # offline: gdl's procedural stand-in (the catalog says which)
     "style_source": "offline",
     "backbone": "mobilenet_v2",
     "weights_source": "offline",
@@ -132,11 +155,11 @@ class StyleTransferParams(StyleLossParams):
 
 DEMO = {
     # Offline and CPU-sized (about a minute of optimisation on 2 busy cores): a bundled photo and
-    # the loss network of STYLE_LOSS_DEMO, 128 px.
+    # the loss network of STYLE_LOSS_DEMO, 176 px high (265 px on the long side).
     **STYLE_LOSS_DEMO,
     "content": "chelsea",
     "content_source": "offline",
-    "height": 128,
+    "height": 176,
     "iterations": 6,
 }
 
@@ -387,7 +410,9 @@ def train(p: StyleTransferParams, ctx: StepContext) -> dict[str, Any]:
         "content_loss": history["content"][-1],
         "style_loss": history["style"][-1],
         "tv_loss": history["tv"][-1],
-        "initial_total_loss": objective.parts(preprocess(p.backbone, content))["total"],
+        # The content image's own losses (where the optimisation starts): its style loss is the
+        # quality record's untrained point.
+        **{f"initial_{k}_loss": v for k, v in objective.parts(preprocess(p.backbone, content)).items()},
         "iterations": result["iterations"],
         "evaluations": int(sum(history["evaluations"])),
         "optimisation_seconds": float(sum(history["seconds"])),
@@ -401,8 +426,15 @@ def train(p: StyleTransferParams, ctx: StepContext) -> dict[str, Any]:
 
 
 def sample(p: StyleTransferParams, ctx: StepContext) -> dict[str, Any]:
+    from models.core.images import load_image, save_generated
+    from models.toolkit.quality import luminance_ssim
+
     shutil.copyfile(ctx.upstream["train"] / RESULT, ctx.out / RESULT)
-    return {"files": [RESULT]}
+    result = load_image(ctx.out / RESULT)
+    save_generated(ctx.out, result[None])
+    kept = luminance_ssim(result, np.load(ctx.upstream["vectorize"] / CONTENT))
+    write_json_atomic(ctx.out / KEPT, {"content_luminance_ssim": kept})
+    return {"files": [RESULT], "content_luminance_ssim": kept}
 
 
 def report(p: StyleTransferParams, dirs: Mapping[str, Path]) -> Report:
@@ -425,8 +457,12 @@ def report(p: StyleTransferParams, dirs: Mapping[str, Path]) -> Report:
     }
     reached = final.get("seconds_to_target_loss")
     metrics = {k: v for k, v in final.items() if v is not None}
+    kept = json.loads((dirs["sample"] / KEPT).read_text())["content_luminance_ssim"]
+    metrics["content_luminance_ssim"] = kept
     return Report(
         title=f"style_transfer: neural style transfer by optimisation ({p.optimizer}, {p.backbone})",
+        quality=style_quality(final["style_loss"], final["initial_style_loss"], kept),
+        main_image=RESULT,
         metrics=metrics,
         sections=[
             Grid(

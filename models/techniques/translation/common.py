@@ -45,6 +45,7 @@ from models.core.errors import GdlError
 from models.core.files import numbered_files, write_json_atomic
 from models.core.params import TechniqueParams, max_pixels_param, param, source_param
 from models.core.registry import StepContext
+from models.reporting.quality import Check, Quality
 from models.reporting.report import Animation, Curve, Grid, Table
 
 DOMAINS, META, HISTORY, FRAMES, SCORES = (
@@ -95,6 +96,16 @@ class TranslationParams(TechniqueParams):
     photo_side: int = param(
         256, "vectorize", "dataset=photos: the photos' shorter side before they are cut into tiles.", ge=16
     )
+    edge_blur: float = param(
+        1.0, "vectorize", "dataset=photos: Gaussian sigma (px) smoothing a photo before its edges.", ge=0
+    )
+    edge_floor: float = param(
+        0.25,
+        "vectorize",
+        "dataset=photos: edges weaker than this fraction of the photo's 98th-percentile edge are dropped.",
+        ge=0,
+        lt=1,
+    )
     held_out: float = param(
         0.2,
         "vectorize",
@@ -132,10 +143,20 @@ def domain_names(p: TranslationParams) -> tuple[str, str]:
 # Data
 
 
-def edge_map(image: np.ndarray) -> np.ndarray:
+def edge_map(image: np.ndarray, blur: float = 0.0, floor: float = 0.0) -> np.ndarray:
     """A line drawing of a uint8 RGB image: Sobel gradient magnitude of its luminance, dark
-    lines on white, scaled by the image's own 98th percentile (uint8 RGB, same size)."""
-    grey = np.pad(image.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]), 1, mode="edge")
+    lines on white, scaled by the image's own 98th percentile (uint8 RGB, same size).
+
+    `blur`: the Gaussian sigma (pixels) the luminance is smoothed with first, so film grain and
+    JPEG noise do not draw lines; `floor`: the fraction of the scale under which an edge is
+    dropped (white) and from which lines start, so the drawing is lines on white rather than a
+    grey texture. Both make the drawing a function a small network can learn from a tile."""
+    grey = image.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+    if blur > 0:
+        from scipy.ndimage import gaussian_filter
+
+        grey = gaussian_filter(grey, blur, mode="nearest")
+    grey = np.pad(grey, 1, mode="edge")
     gx = (grey[:-2, 2:] + 2 * grey[1:-1, 2:] + grey[2:, 2:]) - (
         grey[:-2, :-2] + 2 * grey[1:-1, :-2] + grey[2:, :-2]
     )
@@ -144,8 +165,8 @@ def edge_map(image: np.ndarray) -> np.ndarray:
     )
     magnitude = np.hypot(gx, gy)
     scale = max(float(np.percentile(magnitude, 98)), 1e-6)
-    lines = 1.0 - np.clip(magnitude / scale, 0.0, 1.0)
-    return np.repeat(np.round(lines * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    strength = np.clip((magnitude / scale - floor) / (1.0 - floor), 0.0, 1.0)
+    return np.repeat(np.round((1.0 - strength) * 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def photo_domains(folder: Path, p: TranslationParams) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -163,7 +184,8 @@ def photo_domains(folder: Path, p: TranslationParams) -> tuple[dict[str, np.ndar
         photo = load_image(f, max_pixels=p.max_pixels, origin=f"photo {f.relative_to(folder).as_posix()}")
         h, w = photo.shape[:2]
         photo = resize(photo, height=p.photo_side) if h <= w else resize(photo, width=p.photo_side)
-        edges = edge_map(photo)  # of the whole photo: a tile's border has the edges its neighbours see
+        # Of the whole photo: a tile's border has the edges its neighbours see.
+        edges = edge_map(photo, p.edge_blur, p.edge_floor)
         for top in range(0, photo.shape[0] - s + 1, s):
             for left in range(0, photo.shape[1] - s + 1, s):
                 tiles_a.append(photo[top : top + s, left : left + s])
@@ -516,6 +538,13 @@ def scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
+def blank_page(truth: np.ndarray) -> np.ndarray:
+    """The constant image that stands for "drew nothing": every pixel the truths' per-channel
+    median (white for edge maps, where a blank page already scores an SSIM of ~0.6)."""
+    median = np.median(truth.reshape(-1, truth.shape[-1]), axis=0).round().astype(np.uint8)
+    return np.broadcast_to(median, truth.shape).copy()
+
+
 def score_metrics(found: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
     """{direction: {"trained"/"untrained": scores}} -> metrics: `ssim_a_to_b`, `l1_a_to_b_untrained`..."""
     return {
@@ -526,16 +555,49 @@ def score_metrics(found: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dic
     }
 
 
+BLANK_MARGIN = 0.1  # the demo's floor on how far a translation's SSIM must beat a blank page's
+
+
+def ssim_quality(
+    found: Mapping[str, Mapping[str, Mapping[str, float]]],
+    direction: str,
+    what: str,
+    value_floor: float,
+    checks: tuple[Check, ...] = (),
+) -> Quality:
+    """The quality record of a translation: the trained generator's SSIM against the truth, read
+    between the untrained generator's (same seed) and the truth itself (SSIM 1)."""
+    blank = found[direction].get("blank")
+    if blank is not None:  # an SSIM a blank page reaches is no sign of learning
+        margin = found[direction]["trained"]["ssim"] - blank["ssim"]
+        checks = (
+            *checks,
+            Check(f"ssim_{direction}_over_blank", margin, BLANK_MARGIN, what="SSIM over a blank page"),
+        )
+    return Quality(
+        metric=f"ssim_{direction}",
+        value=found[direction]["trained"]["ssim"],
+        untrained=found[direction]["untrained"]["ssim"],
+        reference=1.0,
+        value_floor=value_floor,
+        label=f"{what} SSIM",
+        untrained_is="the untrained generator",
+        reference_is="the true images themselves",
+        checks=checks,
+    )
+
+
 def score_rows(found: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[dict[str, Any]]:
-    """{direction: {model: scores}} -> table rows."""
+    """{direction: {model: scores}} -> table rows: trained, untrained, then the blank page."""
+    order = {"trained": 0, "untrained": 1, "blank": 2}
     return [
         {
             "translation": direction.replace("_to_", " -> ").upper(),
-            "generator": model,
-            **{k: round(v, 4) for k, v in s.items()},
+            "generator": "none: a blank page" if model == "blank" else model,
+            **{k: round(v, 4) for k, v in by_model[model].items()},
         }
         for direction, by_model in found.items()
-        for model, s in by_model.items()
+        for model in sorted(by_model, key=lambda m: order.get(m, len(order)))
     ]
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from models.core.files import numbered_name, write_json_atomic
 from models.core.params import param
 from models.core.registry import Input, StepContext, Technique, register
+from models.reporting.quality import Check, Quality
 from models.reporting.report import Note, Report
 from models.techniques.translation.common import (
     FRAMES,
@@ -35,6 +36,7 @@ from models.techniques.translation.common import (
     Dataset,
     TranslationParams,
     adam,
+    blank_page,
     build_patchgan,
     build_unet_generator,
     enlarged,
@@ -45,6 +47,7 @@ from models.techniques.translation.common import (
     score_metrics,
     scores,
     scores_table,
+    ssim_quality,
     train_networks,
     training_batch,
     translator,
@@ -53,6 +56,8 @@ from models.techniques.translation.common import (
 )
 
 WEIGHTS = {name: f"{name}.weights.h5" for name in ("g_ab", "g_ba")}
+SSIM_FLOOR = 0.4  # the demo's floor on A -> B translations' SSIM to the true B
+CYCLE_SSIM_FLOOR = 0.6  # ... and on the cycle A -> B -> A's SSIM to A
 # The held-out translations shown in the report, as PNG samples (lossless: the report reads them back).
 SHOWN = {kind: kind + "-{:02d}.png" for kind in ("a_to_b", "a_to_b_to_a", "b_to_a", "b_to_a_to_b")}
 
@@ -312,7 +317,7 @@ def sample(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
     """Translate the held-out images both ways and back; score translations against the truth
     where the held-out images are pairs, and the cycle's reconstructions always; the untrained
     generators (the same seed: the weights training started from) scored the same way."""
-    from models.core.images import save_png
+    from models.core.images import save_generated, save_png
 
     domains = load_domains(ctx.upstream["vectorize"])
     paired = load_meta(ctx.upstream["vectorize"])["test_paired"]
@@ -331,6 +336,8 @@ def sample(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
             pairs = {"a_to_b": (fake_b, test_b), "b_to_a": (fake_a, test_a), **pairs}
         for direction, (made, truth) in pairs.items():
             found.setdefault(direction, {})[model] = scores(made, truth)
+            if model == "trained":
+                found[direction]["blank"] = scores(blank_page(truth), truth)
     files = []
     n = min(p.samples, len(test_a), len(test_b))
     for kind, images in SHOWN.items():
@@ -338,7 +345,10 @@ def sample(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
         for i in range(n):
             files.append(images.format(i + 1))
             save_png(ctx.out / files[-1], made[i])
-    trained_first = {d: {m: by_model[m] for m in ("trained", "untrained")} for d, by_model in found.items()}
+    save_generated(ctx.out, fake_b, a_to_b_to_a=rec_a, b_to_a=fake_a, b_to_a_to_b=rec_b)
+    trained_first = {
+        d: {m: by_model[m] for m in ("trained", "untrained", "blank")} for d, by_model in found.items()
+    }
     write_json_atomic(ctx.out / SCORES, {"paired": paired, "scores": trained_first})
     return {"files": files, "held_out": [len(test_a), len(test_b)]}
 
@@ -386,7 +396,8 @@ def report(p: CycleGANParams, dirs: Mapping[str, Path]) -> Report:
             ["B", "F(B)", "G(F(B))"],
         ),
         scores_table(
-            "Held-out scores, trained and untrained generators (L1 on a 0..1 scale, PSNR in dB)",
+            "Held-out scores: trained and untrained generators, and a blank page of the truths' median "
+            "colour (L1 on a 0..1 scale, PSNR in dB)",
             found["scores"],
         ),
         loss_curve(
@@ -418,7 +429,19 @@ def report(p: CycleGANParams, dirs: Mapping[str, Path]) -> Report:
         history={
             k: history[k] for k in ("g_loss", "adversarial", "cycle", "identity", "d_a_loss", "d_b_loss")
         },
+        quality=quality_record(found),
     )
+
+
+def quality_record(found: Mapping[str, Any]) -> Quality:
+    """A -> B against the true B when the held-out images are pairs (the cycle A -> B -> A as a
+    further check); unpaired, the cycle is all there is to score."""
+    scores_ = found["scores"]
+    if not found["paired"]:
+        return ssim_quality(scores_, "a_to_b_to_a", "A -> B -> A reconstruction", CYCLE_SSIM_FLOOR)
+    cycle = scores_["a_to_b_to_a"]["trained"]["ssim"]
+    check = Check("ssim_a_to_b_to_a", cycle, CYCLE_SSIM_FLOOR, what="A -> B -> A reconstruction SSIM")
+    return ssim_quality(scores_, "a_to_b", "A -> B translation", SSIM_FLOOR, (check,))
 
 
 register(

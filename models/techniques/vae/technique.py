@@ -42,6 +42,7 @@ from models.core.errors import GdlError
 from models.core.files import write_json_atomic
 from models.core.params import TechniqueParams, param, source_param
 from models.core.registry import Input, StepContext, Technique, register
+from models.reporting.quality import Quality
 from models.reporting.report import Curve, Grid, Image, Note, Report, Table
 from models.techniques.vae.networks import (
     book,
@@ -60,6 +61,7 @@ CLASSIFIER, QUALITY, SCATTER, MANIFOLD = (
     "manifold.png",
 )
 SAMPLES = "samples.json"
+FID_SCORE_FLOOR = 0.5  # the demo's floor on the prior samples' FID score
 VARIANT_BOOK = {"conv": "Chollet 8.4", "dense": "Vasilev"}
 
 
@@ -369,7 +371,7 @@ def heldout_terms(vae, x: np.ndarray, seed: int) -> dict[str, float]:
 
 
 def sample(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
-    from models.core.images import save_png
+    from models.core.images import save_generated, save_png
     from models.toolkit.imagesets import load_image_set, to_uint8_images
     from models.toolkit.quality import (
         classifier_predict,
@@ -413,9 +415,24 @@ def sample(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
         seed=p.seed,
     )
     confidence = classifier_predict(classifier, generated).max(axis=1)
+    save_generated(ctx.out, to_uint8_images(generated, "unit"))
+    # The quality record's reference points, in the same features: the untrained decoder (seeded
+    # with the run's seed) on the same prior draws, and real training digits against the held-out.
+    import keras
+
+    keras.utils.set_random_seed(p.seed)
+    untrained = np.asarray(_predict(build_vae(p, tuple(x_held.shape[1:])).decoder, prior))
+    x_train, _ = load_image_set(processed, "train")
+    pick = np.random.default_rng([p.seed, 0x5A4]).permutation(len(x_train))[: len(generated)]
+    features = digits_extractor(classifier)
+    reference = {
+        "untrained_fid": quality_metrics(x_held, untrained, features, seed=p.seed)["fid"],
+        "reference_fid": quality_metrics(x_held, x_train[pick], features, seed=p.seed)["fid"],
+    }
     summary = {
         **terms,
         **scores,
+        **reference,
         "generated_confidence": float(confidence.mean()),
         "quality_samples": len(generated),
         "quality_reference": len(x_held),
@@ -458,11 +475,26 @@ def report(p: VAEParams, dirs: Mapping[str, Path]) -> Report:
         "heldout_kl": summary["heldout_kl"],
         "fid": summary["fid"],
         "kid": summary["kid"],
+        "untrained_fid": summary["untrained_fid"],
+        "reference_fid": summary["reference_fid"],
         "generated_confidence": summary["generated_confidence"],
         **{k: v for k, v in final.items() if k not in ("resumed_from_epoch",)},
     }
     chollet = " (Chollet's effective weight)" if p.kl_weight is None and p.variant == "conv" else ""
+    quality = Quality(
+        metric="fid",
+        value=summary["fid"],
+        untrained=summary["untrained_fid"],
+        reference=summary["reference_fid"],
+        floor=FID_SCORE_FLOOR,
+        higher_is_better=False,
+        label="FID of prior samples",
+        untrained_is="the untrained decoder",
+        reference_is="real training digits",
+    )
     return Report(
+        quality=quality,
+        main_image=MANIFOLD,
         title=f"vae: variational autoencoder, {p.variant} variant ({VARIANT_BOOK[p.variant]})",
         metrics=metrics,
         sections=[
