@@ -250,3 +250,19 @@ def test_quantisation_aware_steps_make_the_saved_png_itself_fool_the_network(che
     assert np.abs(png.astype(int) - photo.astype(int)).max() <= allowed_levels(p.backbone, p.epsilon).max()
     rounded_only = quantize(p.backbone, np.load(out / ATTACKED), photo, p.epsilon)
     assert p_elephant(rounded_only)[0] < 0.8
+
+
+def test_every_sweep_step_stays_inside_its_epsilon_ball_and_the_displayable_range(photos_96):
+    from models.techniques.adversarial import pixel_bounds, sign_step
+
+    model, _ = load_classifier(params(), offline_mobilenet_v2_path(), 96)
+    step = sign_step(model, "mobilenet_v2", False)
+    x0 = preprocess("mobilenet_v2", photos_96).astype(np.float32)
+    labels = np.asarray(model(x0, training=False)).argmax(-1)
+    low, high = (b.reshape(1, 1, 1, 3) for b in pixel_bounds("mobilenet_v2"))
+    for eps in (0.0, 0.01, 0.3):
+        x = x0
+        for _ in range(3):  # steps ten times epsilon: only the projection keeps them in the ball
+            x = step(x, x0, labels, np.float32(eps), np.float32(10 * eps + 0.1))[0].numpy()
+            assert np.abs(x - x0).max() <= eps + 1e-6
+            assert (x >= low - 1e-6).all() and (x <= high + 1e-6).all()

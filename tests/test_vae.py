@@ -73,7 +73,10 @@ def test_tiny_vae_writes_scatter_manifold_elbo_terms_and_quality(vae_run):
         -(summary["heldout_sampled_reconstruction"] + summary["heldout_kl"]), rel=1e-5
     )
     assert summary["heldout_kl"] > 0 and summary["heldout_reconstruction"] > 0
-    assert summary["fid"] >= 0 and math.isfinite(summary["kid"])
+    # Real training digits are far closer to the held-out ones than two tiny epochs' samples (which
+    # may be no better than the untrained decoder's: the demo-sized ranking is the next test).
+    assert summary["reference_fid"] < 0.5 * summary["fid"] and summary["untrained_fid"] > 0, summary
+    assert math.isfinite(summary["kid"])
 
 
 @pytest.mark.slow
