@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,35 @@ def test_a_resumed_vae_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
         strict=True,
     ):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_fresh_process_rerunning_train_on_a_complete_checkpoint_loads_it(vae_run):
+    """`dvc repro` re-runs a train stage whose file changed but whose code version did not: a new
+    process finds the complete checkpoint and must load it (the VAE's custom classes registered
+    first), training nothing."""
+    import subprocess
+
+    from conftest import BIN
+
+    root, done = vae_run
+    up = {k: str(root / v["dir"]) for k, v in done["upstream"].items() if k != "download"}
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from models.core.registry import StepContext, get\n"
+        "from models.techniques.vae.technique import VAEParams\n"
+        "params, vectorize, train = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
+        "p = VAEParams(**params)\n"
+        "key = json.loads((Path(train) / 'state.json').read_text())['fingerprint']\n"
+        "get('vae').train(p, StepContext({'vectorize': Path(vectorize)}, Path(train), key=key))\n"
+    )
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", script, json.dumps(done["params"]), up["vectorize"], up["train"]],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming from epoch" in result.stdout + result.stderr

@@ -51,6 +51,7 @@ from models.techniques.vae.networks import (
     kl_weight,
     load_vae,
     reconstruction_loss,
+    sampling_and_vae_classes,
 )
 
 DATASET = "mnist"
@@ -203,6 +204,9 @@ def train(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
     device = configure_runtime(
         p.device, p.mixed_precision, ctx.log, float32_only="the VAE's losses are computed in float32"
     )
+    # A checkpoint is loaded before anything is built: its custom classes must be registered
+    # first (a fresh process resuming, or re-running a complete slot, has not built a VAE yet).
+    sampling_and_vae_classes()
     processed = ctx.upstream["vectorize"]
     info = image_set_info(processed)
     x, y = load_image_set(processed, "train")
