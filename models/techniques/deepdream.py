@@ -92,8 +92,8 @@ class DeepDreamParams(TechniqueParams):
         0.01, "train", "Gradient-ascent step on the preprocessed image (Chollet 8.2: 0.01).", gt=0
     )
     iterations: int = param(20, "train", "Ascent steps per octave (Chollet 8.2: 20).", ge=1)
-    num_octave: int = param(3, "train", "Number of scales (Chollet 8.2: 3).", ge=1)
-    octave_scale: float = param(1.4, "train", "Size ratio between octaves (Chollet 8.2: 1.4).", gt=1)
+    num_octave: int = param(3, "train", "Number of scales (Chollet 8.2: 3).", ge=1, le=20)
+    octave_scale: float = param(1.4, "train", "Size ratio between octaves (Chollet 8.2: 1.4).", gt=1, le=10)
     max_loss: float | None = param(
         10.0, "train", "Stop an octave once its loss exceeds this (Chollet 8.2: 10; null: never).", gt=0
     )

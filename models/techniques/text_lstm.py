@@ -37,6 +37,9 @@ MAX_SAMPLE = 1_000_000  # characters per temperature: the sampler holds them all
 EPOCH_WEIGHTS = "epochs"  # per-epoch weights, sampled by the sample step (the book's per-epoch text)
 
 
+MIN_TEMPERATURE = 0.01  # sampling at 0.01 is already argmax in all but ties
+
+
 class TextLSTMParams(TechniqueParams):
     dataset: str = param("nietzsche", "download", "Dataset name in the catalog (Chollet 8.1).")
     source: str = source_param("the dataset", remote="the book's URL", offline="a packaged stand-in")
@@ -66,7 +69,7 @@ class TextLSTMParams(TechniqueParams):
     temperatures: list[float] = param(
         [0.2, 0.5, 1.0, 1.2],
         "sample",
-        "Sampling temperatures, each > 0, distinct (Chollet 8.1: 0.2, 0.5, 1.0, 1.2).",
+        "Sampling temperatures, each >= 0.01, distinct (Chollet 8.1: 0.2, 0.5, 1.0, 1.2).",
     )
     sample_length: int = param(
         400, "sample", "Characters generated per temperature (Chollet 8.1: 400).", ge=1, le=MAX_SAMPLE
@@ -91,8 +94,9 @@ class TextLSTMParams(TechniqueParams):
     def _positive_distinct(cls, temps: list[float]) -> list[float]:
         if not temps:
             raise ValueError("at least one temperature is required")
-        if any(not t > 0 or not math.isfinite(t) for t in temps):
-            raise ValueError("every temperature must be a finite number > 0")
+        if any(not math.isfinite(t) or t < MIN_TEMPERATURE for t in temps):
+            # Below it logits / T overflow float32 (1e-300 drew out-of-range characters).
+            raise ValueError(f"every temperature must be a finite number >= {MIN_TEMPERATURE}")
         if len(set(temps)) != len(temps):
             raise ValueError("temperatures must be distinct")
         return temps
