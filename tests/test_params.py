@@ -47,8 +47,8 @@ def test_set_overrides_a_parameter_with_a_typed_value(project):
     [
         ("text_lstm.maxlen=0", "text_lstm.maxlen: Input should be greater than or equal to 1"),
         ("text_lstm.stride=-2", "text_lstm.stride: Input should be greater than or equal to 1"),
-        ("text_lstm.temperatures=[0.5, 0]", "every temperature must be a finite number > 0"),
-        ("text_lstm.temperatures=[-1]", "every temperature must be a finite number > 0"),
+        ("text_lstm.temperatures=[0.5, 0]", "every temperature must be a finite number >= 0.01"),
+        ("text_lstm.temperatures=[-1]", "every temperature must be a finite number >= 0.01"),
         ("text_lstm.epochs=many", "text_lstm.epochs: Input should be a valid integer"),
         ("text_lstm.epoch=3", "unknown parameter 'text_lstm.epoch'"),
         # Issue 7 item 3: values that used to pass and crash later (or silently became 1).
