@@ -33,10 +33,9 @@ from models.techniques.adversarial import (  # noqa: E402
     DEMO,
     AdversarialParams,
     load_classifier,
-    pixel_bounds,
     targeted_step,
 )
-from models.toolkit.backbones import eval_crop, preprocess  # noqa: E402
+from models.toolkit.backbones import eval_crop, pixel_bounds, preprocess  # noqa: E402
 
 
 def eager_step(model, image, original, p: AdversarialParams):

@@ -24,9 +24,9 @@ from models.techniques.adversarial import (
     allowed_levels,
     load_classifier,
     quantize,
-    sweep,
     to_levels,
 )
+from models.toolkit.attacks import sweep
 from models.toolkit.backbones import eval_crop, input_step, preprocess
 
 ELEPHANT = 386
@@ -253,7 +253,8 @@ def test_quantisation_aware_steps_make_the_saved_png_itself_fool_the_network(che
 
 
 def test_every_sweep_step_stays_inside_its_epsilon_ball_and_the_displayable_range(photos_96):
-    from models.techniques.adversarial import pixel_bounds, sign_step
+    from models.toolkit.attacks import sign_step
+    from models.toolkit.backbones import pixel_bounds
 
     model, _ = load_classifier(params(), offline_mobilenet_v2_path(), 96)
     step = sign_step(model, "mobilenet_v2", False)

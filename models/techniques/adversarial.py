@@ -56,7 +56,8 @@ from models.core.registry import Input, StepContext, Technique, register
 from models.inputs.formats import image_files
 from models.reporting.quality import Check, Quality
 from models.reporting.report import Curve, Grid, Note, Report, Table
-from models.toolkit.backbones import weights_entry
+from models.toolkit.attacks import sweep
+from models.toolkit.backbones import pixel_bounds, weights_entry
 
 PHOTO, PHOTOS, META = "photo.npy", "photos.npy", "meta.json"
 ATTACKED, PNG, RESULT = "attacked.npy", "adversarial.png", "attack.json"
@@ -65,7 +66,6 @@ CLASSES = 1000  # ImageNet
 PNG_TARGET_FLOOR = 0.8  # the demo's floor on p(target) of the saved 8-bit PNG
 MAX_LEVELS = 4  # ... changing no pixel by more than this many grey levels
 LEVEL_TOLERANCE = 1e-3  # of a grey level, so epsilon = exactly k levels allows k levels
-SWEEP_BATCH = 16  # photos per batch of the sweep (a folder of your own can be large)
 DIFF_GAIN = 50  # the difference image is amplified this many times around grey
 
 
@@ -227,15 +227,6 @@ def load_classifier(p: AdversarialParams, weights: Path, size: int):
     return model, described
 
 
-def pixel_bounds(backbone: str) -> tuple[np.ndarray, np.ndarray]:
-    """Input-space values of grey levels 0 and 255, per channel: where a displayable image lies."""
-    from models.toolkit.backbones import preprocess
-
-    levels = np.array([[[0.0, 0.0, 0.0], [255.0, 255.0, 255.0]]])
-    low, high = preprocess(backbone, levels)[0]
-    return low, high
-
-
 def to_levels(backbone: str, x: np.ndarray) -> np.ndarray:
     """Input space -> grey levels as floats (no rounding): the inverse of the affine preprocess."""
     from models.toolkit.backbones import input_step
@@ -384,75 +375,6 @@ def refine_png(model, p: AdversarialParams, png: np.ndarray, photo: np.ndarray) 
         grad = tape.gradient(objective, x).numpy()[0]
         current = np.clip(current + np.sign(grad).astype(np.int64), low, high)
     return current.astype(np.uint8), p.png_steps
-
-
-# ---------------------------------------------------------------------------------------------
-# Untargeted FGSM / PGD sweep
-
-
-def sign_step(model, backbone: str, jit_compile: bool):
-    """A compiled untargeted step for a batch: x + alpha * sign(grad CE(clean label)), projected
-    into the epsilon ball around x0 and the displayable range; also the predictions at x."""
-    import keras
-    import tensorflow as tf
-
-    low, high = (tf.constant(b.reshape(1, 1, 1, 3), tf.float32) for b in pixel_bounds(backbone))
-
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def step(x, x0, labels, epsilon, alpha):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            probs = model(x, training=False)
-            loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probs))
-        moved = x + alpha * tf.sign(tape.gradient(loss, x))
-        moved = tf.clip_by_value(moved, tf.maximum(x0 - epsilon, low), tf.minimum(x0 + epsilon, high))
-        return moved, tf.argmax(probs, axis=-1)
-
-    return step
-
-
-def fool(step, model, x0, labels, eps: float, pgd_steps: int, ratio: float):
-    """Which photos of one batch FGSM fools, and which PGD (from the FGSM point) fools."""
-    e = np.float32(eps)
-    x = step(x0, x0, labels, e, e)[0].numpy()  # FGSM: one step of epsilon
-    fooled_fgsm = fooled = None
-    for _ in range(pgd_steps):
-        moved, preds = step(x, x0, labels, e, np.float32(eps * ratio))
-        now = preds.numpy() != labels
-        fooled_fgsm = now if fooled_fgsm is None else fooled_fgsm
-        fooled = now if fooled is None else fooled | now
-        # A photo keeps the first iterate that fools the network: PGD never undoes FGSM.
-        x = np.where(fooled[:, None, None, None], x, moved.numpy())
-    return fooled_fgsm, fooled | (np.asarray(model(x, training=False)).argmax(-1) != labels)
-
-
-def sweep(model, backbone: str, photos: np.ndarray, epsilons, pgd_steps: int, ratio: float, jit: bool):
-    """Per epsilon: which photos FGSM and PGD fool (top-1 changed from the clean prediction)."""
-    from models.toolkit.backbones import preprocess
-
-    step = sign_step(model, backbone, jit)
-    batches = [
-        preprocess(backbone, photos[i : i + SWEEP_BATCH]).astype(np.float32)
-        for i in range(0, len(photos), SWEEP_BATCH)
-    ]
-    labels = [np.asarray(model(x0, training=False)).argmax(-1) for x0 in batches]
-    rows = []
-    for eps in epsilons:
-        found = [
-            fool(step, model, x0, y, eps, pgd_steps, ratio) for x0, y in zip(batches, labels, strict=True)
-        ]
-        fgsm = np.concatenate([f for f, _ in found])
-        pgd = np.concatenate([p for _, p in found])
-        rows.append(
-            {
-                "epsilon": float(eps),
-                "fgsm": fgsm.tolist(),
-                "pgd": pgd.tolist(),
-                "fgsm_success": float(fgsm.mean()),
-                "pgd_success": float(pgd.mean()),
-            }
-        )
-    return np.concatenate(labels).tolist(), rows
 
 
 def sample(p: AdversarialParams, ctx: StepContext) -> dict[str, Any]:

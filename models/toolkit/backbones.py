@@ -495,3 +495,10 @@ def feature_model(model, layer_names: Sequence[str]):
         )
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, {n: model.get_layer(n).output for n in layer_names})
+
+
+def pixel_bounds(backbone: str) -> tuple[np.ndarray, np.ndarray]:
+    """Input-space values of grey levels 0 and 255, per channel: where a displayable image lies."""
+    levels = np.array([[[0.0, 0.0, 0.0], [255.0, 255.0, 255.0]]])
+    low, high = preprocess(backbone, levels)[0]
+    return low, high

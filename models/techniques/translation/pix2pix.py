@@ -33,19 +33,21 @@ from models.techniques.translation.common import (
     build_patchgan,
     build_unet_generator,
     enlarged,
-    frames_section,
     load_domains,
     load_meta,
-    loss_curve,
-    score_metrics,
     scores,
-    scores_table,
-    ssim_quality,
     train_networks,
     training_batch,
     translator,
-    triplets,
     vectorize_domains,
+)
+from models.techniques.translation.report import (
+    frames_section,
+    loss_curve,
+    score_metrics,
+    scores_table,
+    ssim_quality,
+    triplets,
 )
 
 WEIGHTS = "generator.weights.h5"
