@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 from models.inputs import offline  # noqa: E402
 from models.inputs.catalog import get_dataset
 from models.inputs.formats import decode_text
-from models.techniques.text_lstm import TextSampler, build_model, encode, reweight, split_starts  # noqa: E402
+from models.techniques.text_lstm import build_model, encode, split_starts  # noqa: E402
+from models.techniques.text_sampler import TextSampler, reweight  # noqa: E402
 
 
 def book_vectorize(text: str, maxlen: int, step: int):

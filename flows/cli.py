@@ -59,9 +59,9 @@ def cmd_run(args) -> None:
     overrides = overrides_from_cli(args.set or [])
     # Reject bad input before any work (and before a Prefect server is started).
     if args.technique == "all":
-        check_all(args.profile, overrides)
+        check_all(args.profile, overrides, args.rehearse)
     else:
-        resolve_params(args.technique, args.profile, overrides)
+        resolve_params(args.technique, args.profile, overrides, args.rehearse)
     _temporary_server_database()  # before Prefect reads its settings
     from flows.pipeline import nightly_flow, technique_flow
 
@@ -79,6 +79,19 @@ def cmd_run(args) -> None:
 
 
 def _run_flow(args, root: Path, profile: str, overrides, nightly_flow, technique_flow) -> None:
+    if args.rehearse:
+        from flows.rehearsal import render_table
+
+        if args.technique == "all":
+            from flows.rehearsal import LAST_RUN
+
+            state = nightly_flow(profile, overrides, rehearse=True, return_state=True)
+            print(render_table(LAST_RUN["rows"], LAST_RUN["failed"]), end="")
+            state.result()  # raises (one line) when a technique failed
+        else:
+            print(render_table([technique_flow(args.technique, profile, overrides, rehearse=True)]), end="")
+        print(f"rehearsal of the {profile} profile: nothing was published")
+        return
     if args.technique == "all":
         results = nightly_flow(profile, overrides)
         for name, result in results.items():
@@ -260,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="print tracebacks (always kept in the run's log file)"
     )
     run.add_argument("--profile", choices=PROFILES, help="parameter profile (default: params.yaml)")
+    run.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="the profile's real data, shapes and networks with counts capped: a table of what was "
+        "found and the projected time of the real run; nothing is published",
+    )
     run.add_argument(
         "--set",
         action="append",

@@ -39,10 +39,14 @@ def overrides_from_cli(items: Iterable[str]) -> dict[str, Any]:
 
 
 def resolve_params(
-    technique: str, profile: str | None = None, overrides: Mapping[str, Any] | None = None
+    technique: str,
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    rehearse: bool = False,
 ) -> dict[str, Any]:
     """The validated params of `technique` as a JSON-able dict; raises GdlError naming the
-    parameter and what is allowed."""
+    parameter and what is allowed. `rehearse` caps the counts (the technique's `rehearsal`),
+    after the overrides: a rehearsal stays a rehearsal whatever `--set` says."""
     t = get(technique)
     data = read_params_file(params_path())
     chosen = active_profile(data, profile)
@@ -51,15 +55,17 @@ def resolve_params(
         section, _, name = dotted.partition(".")
         if section == technique:
             values[name] = value
+    if rehearse:
+        values = t.rehearsal.apply(values)
     p = validate(technique, t.params_model, values)
     resolve_inputs(t, p)  # an unknown dataset or a bad source fails here, naming the parameter
     return p.model_dump(mode="json")
 
 
-def check_all(profile: str | None, overrides: Mapping[str, Any]) -> None:
+def check_all(profile: str | None, overrides: Mapping[str, Any], rehearse: bool = False) -> None:
     """Validate every technique's params up front (before `gdl run all` does any work)."""
     for name in techniques():
-        resolve_params(name, profile, overrides)
+        resolve_params(name, profile, overrides, rehearse)
 
 
 def render_params() -> str:

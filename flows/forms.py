@@ -30,7 +30,8 @@ Profile = Literal[PROFILES]  # type: ignore[valid-type]
 def form_parameters(t: Technique) -> list[inspect.Parameter]:
     """`profile`, then each parameter of the technique: its type with its bounds, or empty."""
     params = [
-        inspect.Parameter("profile", inspect.Parameter.KEYWORD_ONLY, default="demo", annotation=Profile)
+        inspect.Parameter("profile", inspect.Parameter.KEYWORD_ONLY, default="demo", annotation=Profile),
+        inspect.Parameter("rehearse", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
     ]
     for name, info in t.params_model.model_fields.items():
         typed = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
@@ -46,15 +47,19 @@ def form_docstring(t: Technique) -> str:
     lines.append(
         "    profile: Parameter profile of params.yaml: demo (offline, CPU-sized) or full (the book's)."
     )
+    lines.append(
+        "    rehearse: Rehearse the profile: its real data, shapes and networks with counts capped; "
+        "ends with a table of what was found and the projected time of the real run; publishes nothing."
+    )
     for name, info in t.params_model.model_fields.items():
         lines.append(f"    {name}: {info.description} Empty: the profile's value.")
     return "\n".join(lines)
 
 
 def typed_flow(t: Technique) -> Flow:
-    def run(profile: str = "demo", **values: Any) -> dict[str, Any]:
+    def run(profile: str = "demo", rehearse: bool = False, **values: Any) -> dict[str, Any]:
         overrides = {f"{t.name}.{k}": v for k, v in values.items() if v is not None}
-        return technique_flow.fn(t.name, profile, overrides)
+        return technique_flow.fn(t.name, profile, overrides, rehearse)
 
     run.__name__ = run.__qualname__ = t.name
     run.__module__ = __name__

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
 from flows.config import resolve_params
-from models.core.errors import GdlError
+from flows.rehearsal import LAST_RUN, rehearsal_row, render_table
+from models.core.errors import GdlError, one_line
 from models.core.registry import techniques
-from tasks._prefect import call, report_failure
+from tasks._prefect import artifact_key, call, report_failure
 from tasks.download import download
 from tasks.publish import publish
 from tasks.sample import sample
@@ -19,16 +21,28 @@ from tasks.vectorize import vectorize
 
 @flow(name="technique", flow_run_name="{technique}-{profile}", log_prints=True)
 def technique_flow(
-    technique: str, profile: str = "demo", overrides: dict[str, Any] | None = None
+    technique: str, profile: str = "demo", overrides: dict[str, Any] | None = None, rehearse: bool = False
 ) -> dict[str, Any]:
-    """download -> vectorize -> train -> sample -> publish, each step cached across runs."""
+    """download -> vectorize -> train -> sample -> publish, each step cached across runs.
+
+    rehearse: run the profile's real data, shapes and networks with its counts capped, never
+    publishing, and return the rehearsal's row (flows/rehearsal.py) instead of the published run.
+    """
     try:
-        params = resolve_params(technique, profile, overrides)
+        params = resolve_params(technique, profile, overrides, rehearse)
         raw = call(download, technique, params)
         processed = call(vectorize, technique, params, {"download": raw})
         model = call(train, technique, params, {"download": raw, "vectorize": processed})
         samples = call(sample, technique, params, {"download": raw, "vectorize": processed, "train": model})
         upstream = {"download": raw, "vectorize": processed, "train": model, "sample": samples}
+        if rehearse:
+            row = rehearsal_row(technique, profile, overrides, params, upstream)
+            create_markdown_artifact(
+                key=artifact_key(technique, "rehearsal"),
+                markdown=f"# {technique}: rehearsal of the {profile} profile\n\n" + render_table([row]),
+                description=f"{technique}: rehearsal",
+            )
+            return row
         return call(publish, technique, params, upstream)
     except Exception as exc:
         report_failure(technique, exc)  # the UI shows why, not just "Failed"
@@ -36,15 +50,32 @@ def technique_flow(
 
 
 @flow(name="nightly", flow_run_name="nightly-{profile}", log_prints=True)
-def nightly_flow(profile: str = "demo", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every registered technique, one after another (a failure does not stop the others)."""
-    results, failed = {}, []
+def nightly_flow(
+    profile: str = "demo", overrides: dict[str, Any] | None = None, rehearse: bool = False
+) -> dict[str, Any]:
+    """Every registered technique, one after another (a failure does not stop the others).
+
+    rehearse: rehearse each technique (see technique_flow) and end with the rehearsal table,
+    failed techniques included, as an artifact.
+    """
+    results, failed = {}, {}
     for name in techniques():
-        state = technique_flow(name, profile, overrides, return_state=True)
+        state = technique_flow(name, profile, overrides, rehearse, return_state=True)
         if state.is_completed():
             results[name] = state.result()
         else:
-            failed.append(name)
+            try:
+                state.result()
+            except Exception as exc:  # the one-line reason, for the table
+                failed[name] = one_line(exc)[:300]
+    if rehearse:
+        LAST_RUN.update(rows=list(results.values()), failed=dict(failed))
+        create_markdown_artifact(
+            key="nightly-rehearsal",
+            markdown=f"# Rehearsal of the {profile} profile\n\n"
+            + render_table(list(results.values()), failed),
+            description="rehearsal: one row per technique",
+        )
     if failed:
         raise GdlError(f"techniques failed: {', '.join(failed)} (see their error summaries)")
     return results

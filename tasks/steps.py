@@ -259,7 +259,11 @@ def read_marker(out: Path) -> Manifest | None:
     if (out / RUN_INFO).exists():
         info = read_json(out / RUN_INFO)  # may come from shared storage: only its own fields
         manifest.update(
-            {k: info[k] for k in ("started_at", "seconds", "git") if isinstance(info, dict) and k in info}
+            {
+                k: info[k]
+                for k in ("started_at", "seconds", "git", "pace")
+                if isinstance(info, dict) and k in info
+            }
         )
     return manifest
 
@@ -279,8 +283,43 @@ def input_paths(root: Path, upstream: Mapping[str, Manifest]) -> dict[str, Path]
     return found
 
 
+class Pace:
+    """Forwards training progress and notes when each report came, to measure the seconds per
+    unit of work (`done`) of the training loop itself: from the first report (after the first
+    unit, which carries building the model and the first trace) to the last."""
+
+    def __init__(self, forward: Callable[[float, int, Mapping[str, float]], None] | None):
+        self.forward = forward
+        self.points: list[tuple[float, float, int]] = []
+
+    def __call__(self, done: float, total: int, logs: Mapping[str, float]) -> None:
+        self.points.append((time.perf_counter(), float(done), int(total)))
+        if self.forward is not None:
+            self.forward(done, total, logs)
+
+    def summary(self) -> dict[str, float] | None:
+        # Epoch-based loops report within epochs (fractional `done`) and at each epoch's end,
+        # after validation and the checkpoint: the within-epoch reports time the updates alone.
+        within = [pt for pt in self.points if not pt[1].is_integer()]
+        points = within if len(within) >= 2 else self.points
+        if len(points) < 2:
+            return None
+        (t0, d0, _), (t1, d1, total) = points[0], points[-1]
+        if d1 <= d0 or t1 <= t0:
+            return None
+        return {"done_from": d0, "done_to": d1, "seconds": round(t1 - t0, 4), "total": total}
+
+
 def _finish(
-    root: Path, technique: str, step: str, key: str, built: Path, final: Path, summary: Any, started: float
+    root: Path,
+    technique: str,
+    step: str,
+    key: str,
+    built: Path,
+    final: Path,
+    summary: Any,
+    started: float,
+    info: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Write the completion marker into `built` (which will become `final`). When and from which
     commit it ran go to a file of their own: the marker stays the same for the same output, so
@@ -299,6 +338,7 @@ def _finish(
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 3),
         "git": git_version(root),
+        **(info or {}),
     }
     write_json_atomic(built / MARKER, manifest)
     write_json_atomic(built / RUN_INFO, run_info)
@@ -394,9 +434,15 @@ def execute(
     inputs = input_paths(root, upstream)
     logger = log or logging.getLogger("gdl").info
 
+    pace = Pace(progress)
+
     def context(where: Path) -> StepContext:
-        kwargs = {"progress": progress} if progress else {}
-        return StepContext(dirs, where, inputs, key, log=logger, **kwargs)
+        return StepContext(dirs, where, inputs, key, log=logger, progress=pace)
+
+    def info() -> dict[str, Any]:
+        # Timing lives beside the marker (RUN_INFO), not in it: DVC sees the same output.
+        measured = pace.summary()
+        return {"pace": measured} if measured else {}
 
     with guarded_slot(root, out):
         if not dvc and is_complete(out, key):  # another run finished it while we waited
@@ -405,10 +451,10 @@ def execute(
         if step in RESUMABLE:
             out.mkdir(parents=True, exist_ok=True)
             summary = body(t, p, context(out))
-            return _finish(root, technique, step, key, out, out, summary, started)
+            return _finish(root, technique, step, key, out, out, summary, started, info())
         with staging_dir(out, sweep=True) as tmp:
             summary = body(t, p, context(tmp))
-            manifest = _finish(root, technique, step, key, tmp, out, summary, started)
+            manifest = _finish(root, technique, step, key, tmp, out, summary, started, info())
             replace_dir(tmp, out)
         return manifest
 

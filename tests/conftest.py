@@ -32,6 +32,7 @@ FASTEST = "text_lstm"
 # The longest test files, longest first: with two workers (`-n 2 --dist loadfile`) they start at
 # once instead of last, so the run ends when the longest file does, not after it.
 LONGEST_FIRST = (
+    "test_rehearsal_e2e.py",
     "test_stack_e2e.py",
     "test_dvc_e2e.py",
     "test_flow_e2e.py",

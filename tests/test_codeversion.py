@@ -176,13 +176,13 @@ def test_text_lstm_training_does_not_depend_on_its_sampler_or_report():
     publish = codeversion.closure(_roots("text_lstm", "publish"))
     assert "models.techniques.text_lstm:train" in train and "models.toolkit.training:fit_resumable" in train
     assert (
-        "models.techniques.text_lstm:TextSampler" not in train
+        "models.techniques.text_sampler:TextSampler" not in train
         and "models.techniques.text_lstm:report" not in train
     )
     assert not any(
         label.startswith(("models.reporting.report:", "models.reporting.gallery:")) for label in train
     )
-    assert "models.techniques.text_lstm:TextSampler" in sample
+    assert "models.techniques.text_sampler:TextSampler" in sample
     assert (
         "models.reporting.report:render_html" in publish
         and "models.reporting.gallery:render_gallery" in publish

@@ -44,7 +44,7 @@ def test_http_download_lands_whole_and_is_pinned(tmp_path, http_server, dataset)
 def test_known_hash_mismatch_is_an_error_leaving_nothing(tmp_path, http_server, dataset):
     url, _ = http_server
     wrong = dataset.model_copy(update={"remote": f"{url}/good", "sha256": "0" * 64})
-    with pytest.raises(GdlError, match="does not match the expected"):
+    with pytest.raises(GdlError, match="does not match the catalog"):
         fetch(wrong, "remote", tmp_path / "d", tmp_path, FAST)
     assert _landed(tmp_path / "d") == []
 

@@ -138,6 +138,9 @@ def test_the_run_form_is_typed_and_the_server_refuses_bad_values_before_a_run(st
     assert {"type": "integer", "minimum": 1} in epochs["anyOf"] and "Chollet" in epochs["description"]
     assert {"enum": ["window", "stateful"], "type": "string"} in schema["sampler"]["anyOf"]
     assert "technique" not in schema and "overrides" not in schema
+    assert (
+        "boolean" in json.dumps(schema["rehearse"]) and "projected time" in schema["rehearse"]["description"]
+    )
     before = len(_api(api, "/flow_runs/filter", {}))
     for bad in ({"epochs": 0}, {"epochs": "many"}, {"learning_rate": -1}, {"profile": "nightly"}):
         req = urllib.request.Request(
@@ -150,6 +153,21 @@ def test_the_run_form_is_typed_and_the_server_refuses_bad_values_before_a_run(st
             urllib.request.urlopen(req, timeout=30)
         assert refused.value.code in (409, 422), bad
     assert len(_api(api, "/flow_runs/filter", {})) == before
+
+
+def test_the_form_rehearses_a_technique_and_publishes_nothing(stack):
+    """Issue 19: the rehearsal is on the UI's form; its row is an artifact, nothing is published."""
+    api = stack["api"]
+    deployment = _deployment(api, "technique", "text_lstm-demo")
+    published = stack["repo"] / "data" / "published"
+    before = sorted(published.rglob("*")) if published.exists() else []
+    params = {"profile": "demo", "rehearse": True}
+    run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": params})
+    final = _wait_final(api, run["id"])
+    assert final["state"]["type"] == "COMPLETED", final["state"]
+    row = _artifacts(api, run["id"])["text-lstm-rehearsal"]["data"]
+    assert "| `text_lstm` |" in row and "projected training" in row
+    assert (sorted(published.rglob("*")) if published.exists() else []) == before
 
 
 def test_a_failed_run_ends_failed_with_an_error_summary(stack):

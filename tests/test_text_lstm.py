@@ -14,14 +14,13 @@ from models.techniques.text_lstm import (
     CORPUS,
     TINY,
     TextLSTMParams,
-    TextSampler,
     build_model,
     encode,
     longest_run,
     normalize_text,
-    reweight,
     split_starts,
 )
+from models.techniques.text_sampler import TextSampler, reweight
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 30
 

@@ -12,15 +12,8 @@ from conftest import run_steps, steps_in_own_project
 
 from models.core.errors import GdlError
 from models.techniques.vae.networks import build_vae, kl_divergence, reconstruction_loss
-from models.techniques.vae.technique import (
-    MANIFOLD,
-    SAMPLES,
-    SCATTER,
-    VAEParams,
-    grid_axis,
-    manifold_latents,
-    tile,
-)
+from models.techniques.vae.plots import grid_axis, manifold_latents, tile
+from models.techniques.vae.technique import MANIFOLD, SAMPLES, SCATTER, VAEParams
 
 
 def test_loss_terms_match_their_closed_forms():

@@ -61,6 +61,40 @@ class Input:
 NO_INPUT = "none"
 
 
+def _steps(p: Any, inputs: Mapping[str, Path]) -> int:
+    return int(p.steps)
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """How a technique rehearses a profile (`gdl run --rehearse`): the profile's data, shapes and
+    networks, with only counts capped (steps, epochs, images) so it takes a minute or two on a CPU.
+
+    `caps`: param -> cap; a number is lowered to it (None, "all", counts as unbounded), anything
+    else is replaced. `updates(params, inputs)`: the training updates (optimizer steps, or loss
+    evaluations of an optimised image) a run of these params makes, from its downloaded inputs
+    where the count depends on the data; it turns the rehearsal's measured seconds per update
+    into the uncapped run's projected time. `unit` names what an update is.
+    """
+
+    caps: Mapping[str, Any]
+    updates: Callable[[Any, Mapping[str, Path]], int] = _steps
+    unit: str = "step"
+
+    def apply(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        capped = dict(values)
+        for name, cap in self.caps.items():
+            if name not in capped:  # a cap shared by a family (GANs) that this member lacks
+                continue
+            current = capped[name]
+            numbers = isinstance(cap, int | float) and not isinstance(cap, bool)
+            if numbers and isinstance(current, int | float) and not isinstance(current, bool):
+                capped[name] = min(current, cap) if current > 0 else cap  # 0: "all" for counts
+            else:
+                capped[name] = cap
+        return capped
+
+
 @dataclass(frozen=True)
 class Technique:
     """A pipeline: download -> vectorize -> train -> sample, then the shared publish step."""
@@ -80,6 +114,7 @@ class Technique:
     plots: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     demo_overrides: Mapping[str, Any] = field(default_factory=dict)  # offline, CPU-sized
     tiny_overrides: Mapping[str, Any] = field(default_factory=dict)  # seconds, for the tests
+    rehearsal: Rehearsal = field(default_factory=lambda: Rehearsal({}))  # `gdl run --rehearse`
     module: str = ""  # the defining module, e.g. "models.techniques.text_lstm"
 
     def profile_params(self, profile: str) -> Any:

@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     extra_techniques: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="importable modules with techniques of your own, comma-separated"
     )
+    catalog: Path | None = Field(
+        None,
+        description="a dataset catalog of your own (YAML, the layout of models/inputs/catalog.yaml) "
+        "in place of the packaged one",
+    )
+    mirror: str | None = Field(
+        None,
+        description="read every catalog `remote` source from this mirror instead, by the same file "
+        "names: an `https://` base or an `s3://bucket/prefix` (README: Mirrors)",
+    )
     # Publishing
     s3_bucket: str | None = Field(
         None, description="publish runs to this S3 bucket (unset: to the local folder GDL_PUBLISH_DIR)"
@@ -106,6 +116,17 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(m.strip() for m in value.split(",") if m.strip())
+        return value
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parsed = urllib.parse.urlsplit(value)
+            if parsed.scheme not in ("http", "https", "s3") or not parsed.netloc:
+                raise ValueError("expected an https:// base or an s3://bucket/prefix")
+            if parsed.query or parsed.fragment:
+                raise ValueError("a mirror is a base location, without ?query or #fragment")
         return value
 
     @field_validator("shared_storage")

@@ -13,10 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from models.core.errors import GdlError
-from models.core.files import (
-    safe_name,
-)
+from models.core.errors import GdlError, one_line
+from models.core.files import safe_name
+from models.core.settings import settings
 
 CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
 Kind = Literal["text", "image", "images", "arrays", "archive", "weights"]
@@ -50,29 +49,42 @@ class Dataset(BaseModel):
         return self.kind in FOLDER_KINDS
 
 
+def catalog_path() -> Path:
+    """The catalog in use: GDL_CATALOG (a site's own), else the packaged catalog.yaml."""
+    return settings().catalog or CATALOG
+
+
 @cache
-def _catalog(mtime_ns: int) -> dict[str, Dataset]:
-    data = yaml.safe_load(CATALOG.read_text()) or {}
+def _catalog(path: Path, mtime_ns: int) -> dict[str, Dataset]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise GdlError(one_line(f"catalog {path}: {exc}")) from None
     if not isinstance(data, dict):
-        raise GdlError(f"{CATALOG} must map dataset names to entries")
+        raise GdlError(f"{path} must map dataset names to entries")
     found = {}
     for name, entry in data.items():
         try:
             if not str(name).isidentifier() or name == "dvc":  # data/raw/dvc holds DVC's slots
-                raise GdlError(f"{CATALOG}: dataset name {name!r} must be an identifier other than 'dvc'")
+                raise GdlError(f"{path}: dataset name {name!r} must be an identifier other than 'dvc'")
             found[name] = Dataset(name=name, **(entry or {}))
             safe_name(found[name].file, f"file name of dataset {name}")
         except ValidationError as exc:
             first = exc.errors()[0]
             raise GdlError(
-                f"{CATALOG}: entry {name!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+                f"{path}: entry {name!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
             ) from None
     return found
 
 
 def catalog() -> dict[str, Dataset]:
-    """Every catalog entry (re-read when catalog.yaml changes)."""
-    return _catalog(CATALOG.stat().st_mtime_ns)
+    """Every catalog entry (re-read when the catalog file changes)."""
+    path = catalog_path()
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise GdlError(f"GDL_CATALOG={str(path)!r}: {exc.strerror}") from None
+    return _catalog(path, mtime)
 
 
 def get_dataset(name: str) -> Dataset:
@@ -93,6 +105,34 @@ def redact(location: str) -> str:
     return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
 
 
+def mirror_location(dataset: Dataset) -> str | None:
+    """Where GDL_MIRROR holds `dataset`'s remote file: the mirror base plus the remote's file
+    name (`.../nietzsche.txt`); None without a mirror or a remote."""
+    base = settings().mirror
+    if not base or not dataset.remote:
+        return None
+    name = urllib.parse.unquote(urllib.parse.urlsplit(dataset.remote).path.rsplit("/", 1)[-1])
+    return base.rstrip("/") + "/" + urllib.parse.quote(safe_name(name, f"remote file name of {dataset.name}"))
+
+
+def render_mirror_files() -> str:
+    """Markdown table of what a GDL_MIRROR must hold: one file per remote catalog entry."""
+    lines = ["| file | catalog entry | checked against |", "| --- | --- | --- |"]
+    for name, d in catalog().items():
+        if d.remote:
+            file = urllib.parse.unquote(urllib.parse.urlsplit(d.remote).path.rsplit("/", 1)[-1])
+            check = "the catalog's sha256" if d.sha256 else "its pin (the first download's sha256)"
+            lines.append(f"| `{file}` | `{name}` | {check} |")
+    return "\n".join(lines) + "\n"
+
+
+def expected_sha256(dataset: Dataset, location: str) -> str | None:
+    """The catalog's digest, for the remote itself and for its mirror copy."""
+    if location in (dataset.remote, mirror_location(dataset)):
+        return dataset.sha256
+    return None
+
+
 def _local_path(location: str) -> Path:
     return Path(location[len("file://") :] if location.startswith("file://") else location).expanduser()
 
@@ -105,7 +145,7 @@ def resolve_location(dataset: Dataset, source: str) -> str:
     if source == "remote":
         if not dataset.remote:
             raise GdlError(f"dataset {dataset.name} has no remote source; give a location of your own")
-        return dataset.remote
+        return mirror_location(dataset) or dataset.remote
     if source == "offline":
         if dataset.offline is None:
             raise GdlError(
@@ -145,6 +185,8 @@ def describe_source(dataset: Dataset, location: str) -> str:
         return f"offline stand-in for {dataset.name}: {dataset.offline.description}"
     if location == dataset.remote:
         return f"{dataset.name}: {dataset.description} (from {redact(location)})"
+    if location == mirror_location(dataset):
+        return f"{dataset.name}: {dataset.description} (from the mirror, {redact(location)})"
     return f"{dataset.name} replaced by {redact(location)}"
 
 
@@ -167,7 +209,7 @@ def identity(dataset: Dataset, location: str) -> dict[str, Any]:
     its code and the version of what it reads. Descriptions are left out: rewording an entry
     changes no download."""
     ident: dict[str, Any] = {"kind": dataset.kind, "file": dataset.file, "location": location}
-    if location == dataset.remote:
+    if location in (dataset.remote, mirror_location(dataset)):
         ident["sha256"] = dataset.sha256
     if location.startswith("offline:"):
         from models.core import codeversion

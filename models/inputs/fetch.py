@@ -49,6 +49,8 @@ from models.core.settings import settings
 from models.inputs.catalog import (
     Dataset,
     _local_path,
+    expected_sha256,
+    mirror_location,
     redact,
 )
 from models.inputs.formats import (
@@ -347,6 +349,25 @@ def fetch(
     were extracted safely (archives given for a folder input) and pass the kind's content check.
     Returns what the report and the cache need: location (redacted), sha256, file, kind.
     """
+
+    try:
+        return _fetch(dataset, location, dest_dir, raw_root, policy, log)
+    except (GdlError, RetryableError) as exc:
+        if location != mirror_location(dataset):
+            raise
+        name = location.rsplit("/", 1)[-1]
+        hint = f" (GDL_MIRROR: the mirror's {name} stands for catalog entry {dataset.name})"
+        raise type(exc)(one_line(exc) + hint) from None
+
+
+def _fetch(
+    dataset: Dataset,
+    location: str,
+    dest_dir: Path,
+    raw_root: Path,
+    policy: FetchPolicy | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     from models.inputs.archives import archive_format, extract_archive
 
     policy = policy or FetchPolicy.from_env()
@@ -358,8 +379,12 @@ def fetch(
         _transfer(dataset, location, got, policy, log)
         if got.is_file():
             digest = sha256_file(got)
-            if location == dataset.remote and dataset.sha256 and digest != dataset.sha256:
-                raise GdlError(f"{shown}: sha256 {digest} does not match the expected {dataset.sha256}")
+            expected = expected_sha256(dataset, location)
+            if expected and digest != expected:
+                raise GdlError(
+                    f"{shown}: sha256 {digest} does not match the catalog's {expected} ({dataset.name}); "
+                    "nothing was kept"
+                )
         else:
             digest = digest_json(dir_manifest(got))
         remote = location.startswith(("http://", "https://", "s3://"))

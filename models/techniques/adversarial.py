@@ -52,7 +52,7 @@ from models.core.params import (
     source_param,
     weights_source_param,
 )
-from models.core.registry import Input, StepContext, Technique, register
+from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.inputs.formats import image_files
 from models.reporting.quality import Check, Quality
 from models.reporting.report import Curve, Grid, Note, Report, Table
@@ -292,7 +292,7 @@ def train(p: AdversarialParams, ctx: StepContext) -> dict[str, Any]:
 
     from models.core.images import save_png
     from models.toolkit.backbones import preprocess
-    from models.toolkit.training import configure_runtime, optimize_resumable
+    from models.toolkit.training import configure_runtime, optimize_resumable, shape_summary
 
     configure_runtime(p.device, False, ctx.log)
     photo = np.load(ctx.upstream["vectorize"] / PHOTO)
@@ -342,13 +342,16 @@ def train(p: AdversarialParams, ctx: StepContext) -> dict[str, Any]:
         "top5_png": top5(png_probs),
         "history": history,
         "resumed_from": result["resumed_from"],
+        **shape_summary([model], original.shape),
     }
     write_json_atomic(ctx.out / RESULT, summary)
     ctx.log(
         f"p(target {p.target_class}): {summary['p_target_clean']:.3g} -> {summary['p_target']:.3g} "
         f"in {steps} steps; saved PNG {summary['png_p_target']:.3g}"
     )
-    return {k: summary[k] for k in ("steps", "success", "p_target", "png_p_target")}
+    return {
+        k: summary[k] for k in ("steps", "success", "p_target", "png_p_target", "parameters", "input_shape")
+    }
 
 
 def refine_png(model, p: AdversarialParams, png: np.ndarray, photo: np.ndarray) -> tuple[np.ndarray, int]:
@@ -557,6 +560,16 @@ register(
         plots={"target probability": ("p_target", "p_top1")},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
+        rehearsal=Rehearsal(
+            {
+                "max_steps": 3,
+                "checkpoint_every": 3,
+                "png_steps": 0,
+                "sweep_epsilons": [0.0, 0.01],
+                "pgd_steps": 1,
+            },
+            updates=lambda p, inputs: p.max_steps,
+        ),
         module=__name__,
     )
 )

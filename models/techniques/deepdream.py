@@ -47,7 +47,7 @@ from models.core.params import (
     source_param,
     weights_source_param,
 )
-from models.core.registry import Input, StepContext, Technique, register
+from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.quality import Quality
 from models.reporting.report import Animation, Curve, Grid, Image, Note, Report, Table
 from models.toolkit.backbones import weights_entry
@@ -255,7 +255,7 @@ def vectorize(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
 def train(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
     from models.core.images import save_png
     from models.toolkit.backbones import deprocess, feature_model, load_backbone, preprocess
-    from models.toolkit.training import configure_runtime, optimize_resumable
+    from models.toolkit.training import configure_runtime, optimize_resumable, shape_summary
 
     # Everything that can refuse the inputs runs before the first file is written.
     configure_runtime(p.device, p.mixed_precision, ctx.log)
@@ -333,6 +333,7 @@ def train(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
         "steps": len(losses),
         "seconds": round(seconds, 3),
         "traces": int(ascent_step.experimental_get_tracing_count()),
+        **shape_summary([features], (1, *original.shape)),
     }
     write_json_atomic(
         ctx.out / HISTORY, {**summary, "octaves": octaves, "weights": weights, "layers": dict(p.layers)}
@@ -483,6 +484,11 @@ register(
         plots={"loss": ("loss",)},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
+        rehearsal=Rehearsal(
+            {"iterations": 3, "checkpoint_every": 3, "frame_every": 3},
+            updates=lambda p, inputs: p.num_octave * p.iterations,
+            unit="ascent step",
+        ),
         module=__name__,
     )
 )

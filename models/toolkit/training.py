@@ -141,6 +141,15 @@ def _progress_callback(epoch: int, epochs: int, steps: int | None, report: _Thro
     return Progress()
 
 
+def shape_summary(models: Sequence[Any], input_shape: Sequence[int]) -> dict[str, Any]:
+    """What a run trains, for reports and the rehearsal table: the parameters of the networks it
+    trains or optimises through, and the shape of one training batch."""
+    return {
+        "parameters": int(sum(m.count_params() for m in models)),
+        "input_shape": [int(d) for d in input_shape],
+    }
+
+
 def fit_resumable(
     *,
     ckpt_dir: Path,
@@ -240,7 +249,12 @@ def fit_resumable(
             break
 
     shutil.copyfile(ckpt_dir / read_json(state_path)["checkpoint"], ckpt_dir / FINAL)
-    return {"history": history, "resumed_from": start, "stopped_early": stopped}
+    return {
+        "history": history,
+        "resumed_from": start,
+        "stopped_early": stopped,
+        "parameters": int(model.count_params()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

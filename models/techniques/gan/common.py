@@ -16,7 +16,7 @@ import numpy as np
 from models.core.errors import GdlError
 from models.core.files import numbered_files, numbered_name
 from models.core.params import TechniqueParams, param, source_param, weights_source_param
-from models.core.registry import Input, StepContext, Technique, register
+from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.quality import Check, Quality
 from models.reporting.report import Animation, Curve, Image, Note, Report, Section
 from models.techniques.gan.trainer import (
@@ -313,7 +313,7 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     import keras
 
     from models.core.images import image_grid, save_png
-    from models.toolkit.training import configure_runtime, step_summary
+    from models.toolkit.training import configure_runtime, shape_summary, step_summary
 
     device = configure_runtime(p.device, p.mixed_precision, ctx.log)
     num_classes = p.label_classes()
@@ -362,6 +362,7 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         **step_summary(result, seconds),
         "generator_parameters": int(G.count_params()),
         "discriminator_parameters": int(D.count_params()),
+        **shape_summary([G, D], (p.batch_size, *x.shape[1:])),
         "device": device,
     }
     from models.core.files import write_json_atomic
@@ -495,6 +496,21 @@ def report(p: GanParams, dirs: Mapping[str, Path], extra: ExtraReport | None = N
     )
 
 
+# The rehearsal: the profile's data and full-width networks, 8 steps, 512 training images, a
+# 64-image quality sample (`gdl run --rehearse`).
+REHEARSAL = Rehearsal(
+    caps={
+        "steps": 8,
+        "checkpoint_every": 8,
+        "frame_every": 8,
+        "limit": 512,
+        "sample_count": 64,
+        "classifier_epochs": 1,
+        "interpolation_steps": 4,
+    }
+)
+
+
 def register_gan(spec: GanSpec) -> Technique:
     model = spec.params_model
     inputs = {"images": Input(lambda p: p.dataset, source="source")}
@@ -515,6 +531,7 @@ def register_gan(spec: GanSpec) -> Technique:
             plots={"losses": ("d_loss", "g_loss"), "discriminator": ("d_real", "d_fake")},
             demo_overrides=spec.demo,
             tiny_overrides=spec.tiny,
+            rehearsal=REHEARSAL,
             module=model.__module__,  # the variant's module
         )
     )

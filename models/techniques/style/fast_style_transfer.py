@@ -10,9 +10,10 @@ network is fully convolutional). The sample step also runs a short optimisation 
 content and style (style_transfer.py) and scores both results with the same loss, so the
 report shows what the speed costs.
 
-Content photos: the catalog has no COCO (Johnson et al. train on its 80k images), so both
-profiles default to the bundled `photos` (four photos, offline); point `content_source` at a
-folder, URL, archive or s3:// prefix of your own photos for a real training set.
+Content photos: the full profile trains on COCO 2014's 82,783 training images, as Johnson et al.
+do (the catalog's `coco_train2014`, a 13 GB zip); the demo on the bundled `photos` (four photos,
+offline). The vectorize step streams them: each photo is resized and stored as its own array
+file, so memory holds one photo at a time whatever the size of the set.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from pydantic import model_validator
 from models.core.errors import GdlError
 from models.core.files import numbered_files, numbered_name, write_json_atomic
 from models.core.params import param, source_param
-from models.core.registry import Input, StepContext, Technique, register
+from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.quality import Quality
 from models.reporting.report import Animation, Curve, Grid, Note, Report, Table
 from models.techniques.style.perceptual import PerceptualLoss
+from models.techniques.style.photos import PHOTOS, load_photos, random_crops
 from models.techniques.style.style_transfer import (
     STYLE_LOSS_DEMO,
     Objective,
@@ -44,8 +46,7 @@ from models.techniques.style.style_transfer import (
 )
 from models.toolkit.backbones import preprocess_tensor, weights_entry
 
-PHOTOS, STYLE, NETWORK, HISTORY, FRAMES = (
-    "photos.npz",
+STYLE, NETWORK, HISTORY, FRAMES = (
     "style.npy",
     "transformer.weights.h5",
     "history.json",
@@ -56,12 +57,17 @@ DOWNSCALE = 4  # two stride-2 convolutions: sides must be multiples of 4 to come
 
 
 class FastStyleTransferParams(StyleLossParams):
-    content_source: str = source_param(
-        "the content photos to train on",
-        "offline",
-        remote=None,
-        offline="the bundled `photos`; the catalog has no COCO, which Johnson et al. train on",
-        own="a folder, file or archive",
+    content: str = param(
+        "coco_train2014",
+        "download",
+        "Content photos to train on: a catalog entry (Johnson et al.: COCO 2014's training images).",
+    )
+    content_source: str = source_param("the content photos to train on", own="a folder, file or archive")
+    max_photos: int = param(
+        0, "vectorize", "Use only the first this many content photos, in file-name order (0: all).", ge=0
+    )
+    sample_photos: int = param(
+        8, "sample", "Photos the sample step stylises (the first ones, in file-name order).", ge=1
     )
     image_size: int = param(
         256, "vectorize", "Side of the square training crops (Johnson et al.: 256).", ge=16
@@ -110,6 +116,8 @@ DEMO = {
     # Offline and CPU-sized: the bundled photos, 96 px crops, a slimmer network, MobileNetV2's
     # ImageNet weights and the layers and weights of style_transfer's demo.
     **STYLE_LOSS_DEMO,
+    "content": "photos",
+    "content_source": "offline",
     "image_size": 96,
     "photo_side": 128,
     "sample_side": 128,
@@ -151,45 +159,27 @@ def vectorize(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
 
     folder = ctx.inputs["photos"]
     files = image_files(folder)
+    if p.max_photos:
+        files = files[: p.max_photos]
     if not files:
         raise GdlError(f"content photos {folder.name} hold no images")
-    photos = {}
-    for i, f in enumerate(files):
+    (ctx.out / PHOTOS).mkdir()
+    for i, f in enumerate(files):  # one photo in memory at a time: COCO is 82,783 of them
         image = load_image(
             f, max_pixels=p.max_pixels, origin=f"content photo {f.relative_to(folder).as_posix()}"
         )
         h, w = image.shape[:2]
-        photos[f"photo_{i:05d}"] = (
-            resize(image, height=p.photo_side) if h <= w else resize(image, width=p.photo_side)
-        )
+        photo = resize(image, height=p.photo_side) if h <= w else resize(image, width=p.photo_side)
+        np.save(ctx.out / PHOTOS / f"photo_{i:06d}.npy", photo, allow_pickle=False)
+        ctx.progress(i + 1, len(files), {})
     style = load_image(
         ctx.inputs["style"], max_pixels=p.max_pixels, origin=f"style image {ctx.inputs['style'].name}"
     )
     side = min(style.shape[:2])
     style = resize(center_crop(style, side, side), size=(p.image_size, p.image_size))
-    np.savez(ctx.out / PHOTOS, **photos)
     np.save(ctx.out / STYLE, style, allow_pickle=False)
     write_json_atomic(ctx.out / "meta.json", {"photos": [f.relative_to(folder).as_posix() for f in files]})
-    return {"photos": len(photos)}
-
-
-def load_photos(processed: Path) -> list[np.ndarray]:
-    with np.load(processed / PHOTOS, allow_pickle=False) as saved:
-        return [saved[k] for k in sorted(saved.files)]
-
-
-def random_crops(photos: list[np.ndarray], size: int, batch: int, seed: int, step: int) -> np.ndarray:
-    """A batch of random `size` crops (randomly mirrored), the same for the same (seed, step):
-    a resumed run trains on exactly the batches an uninterrupted one would."""
-    rng = np.random.default_rng([seed, step])
-    crops = []
-    for _ in range(batch):
-        photo = photos[int(rng.integers(len(photos)))]
-        top = int(rng.integers(photo.shape[0] - size + 1))
-        left = int(rng.integers(photo.shape[1] - size + 1))
-        crop = photo[top : top + size, left : left + size]
-        crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
-    return np.stack(crops).astype(np.float32)
+    return {"photos": len(files), "photo_side": p.photo_side}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +308,7 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
     import keras
 
     from models.core.images import save_png
-    from models.toolkit.training import configure_runtime, optimize_resumable, step_summary
+    from models.toolkit.training import configure_runtime, optimize_resumable, shape_summary, step_summary
 
     device = configure_runtime(
         p.device, p.mixed_precision, ctx.log, float32_only="the perceptual loss is computed in float32"
@@ -370,6 +360,7 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
         "first_train_loss": history["total"][0],
         **step_summary(result, seconds),
         "network_parameters": int(net.count_params()),
+        **shape_summary([net], (p.batch_size, p.image_size, p.image_size, 3)),
         "device": device,
     }
     write_json_atomic(ctx.out / HISTORY, {"final": final, "history": history, "weights": described})
@@ -384,15 +375,15 @@ def _same_size(images: list[np.ndarray]) -> bool:
 
 
 def sample(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
-    """Stylise every photo in one forward pass each; run optimisation NST on the first for
-    comparison, and score both with the same perceptual loss."""
+    """Stylise the first `sample_photos` photos in one forward pass each; run optimisation NST
+    on the first for comparison, and score both with the same perceptual loss."""
     import keras
 
     from models.core.images import load_image, resize, save_generated, save_png
     from models.toolkit.backbones import deprocess, preprocess
 
     processed = ctx.upstream["vectorize"]
-    photos = [resize(ph, max_side=p.sample_side) for ph in load_photos(processed)]
+    photos = [resize(ph, max_side=p.sample_side) for ph in load_photos(processed)[: p.sample_photos]]
     keras.utils.set_random_seed(p.seed)  # the network training started from: the untrained point
     net = build_transformer(p.base_filters, p.residual_blocks, p.input_skip)
     untrained = Stylizer(net)(photos[0])
@@ -569,7 +560,7 @@ register(
         summary="feed-forward style transfer: a network trained with perceptual losses (Johnson et al.)",
         params_model=FastStyleTransferParams,
         inputs={
-            "photos": Input("photos", source="content_source"),
+            "photos": Input(lambda p: p.content, source="content_source"),
             "style": Input(lambda p: p.style, source="style_source"),
             "weights": Input(lambda p: weights_entry(p.backbone), source="weights_source", optional=True),
         },
@@ -582,6 +573,17 @@ register(
         plots={"losses": ("total", "content", "style", "tv")},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
+        rehearsal=Rehearsal(
+            {
+                "steps": 4,
+                "checkpoint_every": 4,
+                "frame_every": 4,
+                "max_photos": 6,
+                "sample_photos": 1,
+                "compare_iterations": 1,
+                "compare_evaluations": 2,
+            }
+        ),
         module=__name__,
     )
 )

@@ -33,7 +33,7 @@ from models.core.params import (
     source_param,
     weights_source_param,
 )
-from models.core.registry import Input, StepContext, Technique, register
+from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.quality import Check, Quality
 from models.reporting.report import Animation, Curve, Grid, Image, Note, Report, Table
 from models.techniques.style.perceptual import LossWeights, PerceptualLoss
@@ -361,7 +361,7 @@ def train(p: StyleTransferParams, ctx: StepContext) -> dict[str, Any]:
 
     from models.core.images import save_png
     from models.toolkit.backbones import deprocess, preprocess
-    from models.toolkit.training import configure_runtime, optimize_resumable
+    from models.toolkit.training import configure_runtime, optimize_resumable, shape_summary
 
     device = configure_runtime(
         p.device,
@@ -415,6 +415,7 @@ def train(p: StyleTransferParams, ctx: StepContext) -> dict[str, Any]:
         **{f"initial_{k}_loss": v for k, v in objective.parts(preprocess(p.backbone, content)).items()},
         "iterations": result["iterations"],
         "evaluations": int(sum(history["evaluations"])),
+        **shape_summary([loss.features], image.shape),
         "optimisation_seconds": float(sum(history["seconds"])),
         "target_loss": target,
         "seconds_to_target_loss": time_to_loss(history["total"], history["seconds"], target),
@@ -540,6 +541,11 @@ register(
         plots={"losses": ("total", "content", "style", "tv")},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
+        rehearsal=Rehearsal(
+            {"iterations": 2, "evaluations_per_iteration": 3, "checkpoint_every": 2, "frame_every": 2},
+            updates=lambda p, inputs: p.iterations * p.evaluations_per_iteration,
+            unit="loss evaluation",
+        ),
         module=__name__,
     )
 )

@@ -26,7 +26,7 @@ import numpy as np
 
 from models.core.files import numbered_name, write_json_atomic
 from models.core.params import param
-from models.core.registry import Input, StepContext, Technique, register
+from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.quality import Check, Quality
 from models.reporting.report import Note, Report
 from models.techniques.translation.common import (
@@ -277,7 +277,7 @@ def train(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
     import tensorflow as tf
 
     from models.core.images import save_png, strip
-    from models.toolkit.training import configure_runtime
+    from models.toolkit.training import configure_runtime, shape_summary
 
     device = configure_runtime(
         p.device, p.mixed_precision, ctx.log, float32_only="CycleGAN trains in float32"
@@ -308,6 +308,9 @@ def train(p: CycleGANParams, ctx: StepContext) -> dict[str, Any]:
         {
             "generator_parameters": int(gan.g_ab.count_params()),
             "discriminator_parameters": int(gan.d_a.count_params()),
+            **shape_summary(
+                [gan.g_ab, gan.g_ba, gan.d_a, gan.d_b], (p.batch_size, p.image_size, p.image_size, 3)
+            ),
         },
     )
     for name, file in WEIGHTS.items():
@@ -464,6 +467,16 @@ register(
         },
         demo_overrides=DEMO,
         tiny_overrides=TINY,
+        rehearsal=Rehearsal(
+            {
+                "steps": 4,
+                "checkpoint_every": 4,
+                "frame_every": 4,
+                "samples": 2,
+                "max_images": 4,
+                "pool_size": 4,
+            }
+        ),
         module=__name__,
     )
 )

@@ -21,7 +21,7 @@ import numpy as np
 
 from models.core.files import numbered_name, write_json_atomic
 from models.core.params import param
-from models.core.registry import Input, StepContext, Technique, register
+from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.report import Note, Report
 from models.techniques.translation.common import (
     FRAMES,
@@ -184,7 +184,7 @@ def train(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
     import tensorflow as tf
 
     from models.core.images import save_png, strip
-    from models.toolkit.training import configure_runtime
+    from models.toolkit.training import configure_runtime, shape_summary
 
     device = configure_runtime(p.device, p.mixed_precision, ctx.log, float32_only="pix2pix trains in float32")
     domains = load_domains(ctx.upstream["vectorize"])
@@ -214,6 +214,9 @@ def train(p: Pix2PixParams, ctx: StepContext) -> dict[str, Any]:
         {
             "generator_parameters": int(gan.generator.count_params()),
             "discriminator_parameters": int(gan.discriminator.count_params()),
+            **shape_summary(
+                [gan.generator, gan.discriminator], (p.batch_size, p.image_size, p.image_size, 3)
+            ),
         },
     )
     gan.generator.save_weights(ctx.out / WEIGHTS)
@@ -323,6 +326,9 @@ register(
         plots={"L1": ("l1",), "adversarial": ("adversarial", "d_loss")},
         demo_overrides=DEMO,
         tiny_overrides=TINY,
+        rehearsal=Rehearsal(
+            {"steps": 4, "checkpoint_every": 4, "frame_every": 4, "samples": 2, "max_images": 6}
+        ),
         module=__name__,
     )
 )
