@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from flows.process import STOP, Terminated, quiet_native_stderr, run_logging
-from models.core.errors import GdlError
+from models.core.errors import BudgetReached, GdlError
 from models.core.params import PROFILES, STEPS
 from models.core.settings import settings
 
@@ -52,7 +52,7 @@ def cmd_list(args) -> None:
         print(f"{name}\t{', '.join(t.dataset_names)}\t{t.summary}")
 
 
-def cmd_run(args) -> None:
+def cmd_run(args) -> int:
     from flows.config import check_all, overrides_from_cli, resolve_params
     from tasks.steps import project_root
 
@@ -70,7 +70,7 @@ def cmd_run(args) -> None:
     run_log = run_logging(args.verbose)
     STOP.install()
     try:
-        _run_flow(args, root, profile, overrides, nightly_flow, technique_flow)
+        return _run_flow(args, root, profile, overrides, nightly_flow, technique_flow)
     except GdlError as exc:
         if run_log.traceback and not args.verbose:
             where = _shown(Path(run_log.baseFilename))
@@ -78,7 +78,22 @@ def cmd_run(args) -> None:
         raise
 
 
-def _run_flow(args, root: Path, profile: str, overrides, nightly_flow, technique_flow) -> None:
+# Exit status of a run that stopped at its time budget (max_train_minutes): sysexits' EX_TEMPFAIL,
+# "try again later": the next run resumes it. Not 0 (nothing was published), not an error (2).
+EXIT_INCOMPLETE = 75
+
+
+def _incomplete(result) -> str | None:
+    """`<technique>: stopped at its budget ...` for a run that stopped at its budget, else None."""
+    if not (isinstance(result, dict) and "incomplete" in result):
+        return None
+    stop = result["incomplete"]
+    return f"{result['technique']}: " + str(
+        BudgetReached(stop["max_train_minutes"], stop["done"], stop["total"], stop["unit"])
+    )
+
+
+def _run_flow(args, root: Path, profile: str, overrides, nightly_flow, technique_flow) -> int:
     if args.rehearse:
         from flows.rehearsal import render_table
 
@@ -91,17 +106,26 @@ def _run_flow(args, root: Path, profile: str, overrides, nightly_flow, technique
         else:
             print(render_table([technique_flow(args.technique, profile, overrides, rehearse=True)]), end="")
         print(f"rehearsal of the {profile} profile: nothing was published")
-        return
+        return 0
+    again = ": run the same command again to resume"
     if args.technique == "all":
         results = nightly_flow(profile, overrides)
         for name, result in results.items():
-            print(f"{name}: {_shown(root / result['report'])}")
-        print(_shown(root / next(iter(results.values()))["gallery"]))
-    else:
-        result = technique_flow(args.technique, profile, overrides)
-        print(f"report: {_shown(root / result['report'])}")
-        print(f"published: {result['published']}")
-        print(_shown(root / result["run_dir"]))
+            stopped = _incomplete(result)
+            print(stopped + again if stopped else f"{name}: {_shown(root / result['report'])}")
+        published = [r for r in results.values() if not _incomplete(r)]
+        if published:
+            print(_shown(root / published[0]["gallery"]))
+        return EXIT_INCOMPLETE if len(published) < len(results) else 0
+    result = technique_flow(args.technique, profile, overrides)
+    stopped = _incomplete(result)
+    if stopped:
+        print(stopped + again)
+        return EXIT_INCOMPLETE
+    print(f"report: {_shown(root / result['report'])}")
+    print(f"published: {result['published']}")
+    print(_shown(root / result["run_dir"]))
+    return 0
 
 
 def _profile_default() -> str:
@@ -111,7 +135,7 @@ def _profile_default() -> str:
     return active_profile(read_params_file(params_path()), None)
 
 
-def cmd_stage(args) -> None:
+def cmd_stage(args) -> int | None:
     import importlib
 
     from flows.config import resolve_params
@@ -122,7 +146,11 @@ def cmd_stage(args) -> None:
     if args.step == "download":
         _check_dvc_tracks_inputs(args.technique, params)
     module = importlib.import_module(f"tasks.{args.step}")
-    result = module.run(args.technique, params, dvc_upstream(args.technique, args.step), dvc=True)
+    try:
+        result = module.run(args.technique, params, dvc_upstream(args.technique, args.step), dvc=True)
+    except BudgetReached as stop:  # dvc repro shows this line, then the stage as failed
+        print(f"gdl: {args.technique}-{args.step} {stop}: run `dvc repro` again to resume", file=sys.stderr)
+        return EXIT_INCOMPLETE
     print(
         result.get("run_dir") or result.get("dir") or ", ".join(e["dir"] for e in result["inputs"].values())
     )
@@ -337,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         _environment(project_root())
         if argv is None and not settings().native_logs:  # the program, not a test's call
             quiet_native_stderr()
-        args.fn(args)
+        code = args.fn(args)
     except GdlError as exc:
         print(f"gdl: error: {exc}", file=sys.stderr)
         return 2
@@ -347,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if terminated else 130
     finally:
         STOP.finish()
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

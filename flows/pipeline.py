@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed
 
 from flows.config import resolve_params
 from flows.rehearsal import LAST_RUN, rehearsal_row, render_table
+from flows.summary import INCOMPLETE, render_summary, summary_row
 from models.core.errors import GdlError, one_line
 from models.core.registry import techniques
 from tasks._prefect import artifact_key, call, report_failure
 from tasks.download import download
 from tasks.publish import publish
 from tasks.sample import sample
+from tasks.train import INCOMPLETE as INCOMPLETE_STATE
 from tasks.train import train
 from tasks.vectorize import vectorize
 
@@ -27,12 +31,22 @@ def technique_flow(
 
     rehearse: run the profile's real data, shapes and networks with its counts capped, never
     publishing, and return the rehearsal's row (flows/rehearsal.py) instead of the published run.
+
+    A train step that stops at its time budget (max_train_minutes) ends the run in the state
+    `Incomplete` (a kind of Completed) with what it did; the next run resumes the training.
     """
     try:
         params = resolve_params(technique, profile, overrides, rehearse)
         raw = call(download, technique, params)
         processed = call(vectorize, technique, params, {"download": raw})
         model = call(train, technique, params, {"download": raw, "vectorize": processed})
+        if "incomplete" in model:
+            create_markdown_artifact(
+                key=artifact_key(technique, "incomplete"),
+                markdown=f"# {technique}: incomplete\n\n{model['message']}\n",
+                description=f"{technique}: stopped at its time budget",
+            )
+            return Completed(name=INCOMPLETE_STATE, message=model["message"], data=model)
         samples = call(sample, technique, params, {"download": raw, "vectorize": processed, "train": model})
         upstream = {"download": raw, "vectorize": processed, "train": model, "sample": samples}
         if rehearse:
@@ -53,21 +67,26 @@ def technique_flow(
 def nightly_flow(
     profile: str = "demo", overrides: dict[str, Any] | None = None, rehearse: bool = False
 ) -> dict[str, Any]:
-    """Every registered technique, one after another (a failure does not stop the others).
+    """Every registered technique, one after another (a failure does not stop the others), ending
+    with the summary artifact `nightly-summary`: each technique's state, duration, quality and
+    report. A technique stopped at its budget leaves the nightly `Incomplete`, not failed.
 
     rehearse: rehearse each technique (see technique_flow) and end with the rehearsal table,
     failed techniques included, as an artifact.
     """
-    results, failed = {}, {}
+    results, failed, rows = {}, {}, []
     for name in techniques():
+        started = time.perf_counter()
         state = technique_flow(name, profile, overrides, rehearse, return_state=True)
+        error = None
         if state.is_completed():
             results[name] = state.result()
         else:
             try:
                 state.result()
-            except Exception as exc:  # the one-line reason, for the table
-                failed[name] = one_line(exc)[:300]
+            except Exception as exc:  # the one-line reason, for the tables
+                error = failed[name] = one_line(exc)[:300]
+        rows.append(summary_row(name, time.perf_counter() - started, results.get(name), error))
     if rehearse:
         LAST_RUN.update(rows=list(results.values()), failed=dict(failed))
         create_markdown_artifact(
@@ -76,6 +95,16 @@ def nightly_flow(
             + render_table(list(results.values()), failed),
             description="rehearsal: one row per technique",
         )
+    else:
+        create_markdown_artifact(
+            key="nightly-summary",
+            markdown=f"# Nightly, {profile} profile\n\n" + render_summary(rows),
+            description="nightly: one row per technique",
+        )
     if failed:
         raise GdlError(f"techniques failed: {', '.join(failed)} (see their error summaries)")
+    stopped = [r["technique"] for r in rows if r["state"] == INCOMPLETE]
+    if stopped:
+        message = f"stopped at their budgets, resuming next run: {', '.join(stopped)}"
+        return Completed(name=INCOMPLETE_STATE, message=message, data=results)
     return results

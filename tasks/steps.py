@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from models.core import codeversion
+from models.core.budget import NO_BUDGET, Budget
 from models.core.errors import GdlError
 from models.core.files import (
     digest_json,
@@ -435,9 +436,12 @@ def execute(
     logger = log or logging.getLogger("gdl").info
 
     pace = Pace(progress)
+    # The train step's time budget, counted from here; a loop that spends it raises BudgetReached
+    # after a checkpoint, which leaves the resumable slot without a marker, to resume from.
+    budget = Budget(p.max_train_minutes) if step == "train" else NO_BUDGET
 
     def context(where: Path) -> StepContext:
-        return StepContext(dirs, where, inputs, key, log=logger, progress=pace)
+        return StepContext(dirs, where, inputs, key, log=logger, progress=pace, budget=budget)
 
     def info() -> dict[str, Any]:
         # Timing lives beside the marker (RUN_INFO), not in it: DVC sees the same output.

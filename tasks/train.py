@@ -8,8 +8,12 @@ from typing import Any
 
 from prefect import task
 
-from tasks._prefect import PERSISTED, artifact_key, in_run, runner, step_cache_key
+from models.core.errors import BudgetReached
+from tasks._prefect import PERSISTED, artifact_key, in_run, logger, runner, step_cache_key
 from tasks.steps import Manifest
+
+# The state name of a run that stopped at its time budget: a kind of Completed, not a failure.
+INCOMPLETE = "Incomplete"
 
 run = runner("train", lambda t, p, ctx: t.train(p, ctx))
 
@@ -38,6 +42,23 @@ def _progress_artifact(technique: str):
     return report
 
 
+def incomplete(technique: str, stop: BudgetReached) -> dict[str, Any]:
+    """What a train step that stopped at its budget returns instead of a manifest."""
+    return {
+        "technique": technique,
+        "incomplete": stop.summary(),
+        "message": f"{technique}: {stop}; the next run with the same params resumes",
+    }
+
+
 @task(name="train", cache_key_fn=step_cache_key, **PERSISTED)
-def train(technique: str, params: dict[str, Any], upstream: dict[str, Manifest]) -> Manifest:
-    return run(technique, params, upstream, progress=_progress_artifact(technique))
+def train(technique: str, params: dict[str, Any], upstream: dict[str, Manifest]) -> dict[str, Any]:
+    """The train step's manifest; at its time budget, `incomplete(...)` (the flow then ends in the
+    state `Incomplete`). Its slot has no marker then, so the next run (tasks._prefect.call)
+    refreshes this cache entry and resumes from the checkpoint."""
+    try:
+        return run(technique, params, upstream, progress=_progress_artifact(technique))
+    except BudgetReached as stop:
+        found = incomplete(technique, stop)
+        logger().warning(found["message"])
+        return found

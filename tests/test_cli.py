@@ -59,6 +59,28 @@ def test_a_dataset_dvc_yaml_does_not_track_is_refused_by_the_stage(project):
     assert not (project / "data").exists()
 
 
+def test_a_dvc_stage_stopped_at_its_budget_says_so_and_the_next_repro_resumes(project):
+    import shutil
+
+    from conftest import REPO, write_params
+
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    write_params(project, max_train_minutes=0.0001)  # one epoch per run, of tiny's two
+    for step in ("download", "vectorize"):
+        assert gdl(project, "stage", "text_lstm", step).returncode == 0
+    first = gdl(project, "stage", "text_lstm", "train")
+    assert first.returncode == 75, first.stderr[-2000:]
+    assert (
+        "gdl: text_lstm-train stopped at its budget of 0.0001 min after epoch 1 of 2 (checkpoint kept): "
+        "run `dvc repro` again to resume"
+    ) in first.stderr.splitlines()
+    assert not (project / "data/checkpoints/text_lstm/dvc/.step.json").exists()
+    second = gdl(project, "stage", "text_lstm", "train")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming from epoch 1 of 2" in second.stderr
+    assert (project / "data/checkpoints/text_lstm/dvc/.step.json").is_file()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_that_a_library_swallows_is_delivered_again_until_gdl_is_done(signum):
     """Ctrl-C or SIGTERM raised where a library catches BaseException (as Prefect's concurrency

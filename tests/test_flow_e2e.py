@@ -62,6 +62,27 @@ def test_second_run_hits_cache_and_changing_temperatures_reruns_only_sample_and_
     nightly = gdl(project, "run", "all", env=env)
     assert nightly.returncode == 0, nightly.stderr[-3000:]
     assert f"text_lstm: {run_dir}/report.html" in nightly.stdout
+    assert "nightly-summary" in _artifact_keys(prefect_api)
+
+
+def test_a_run_stopped_at_its_budget_is_incomplete_and_the_next_resumes_and_publishes(project, prefect_api):
+    env = cli_env(project, PREFECT_API_URL=prefect_api)
+    # A budget spent before the first epoch ends: each run trains one epoch (of tiny's two).
+    budget = ("--set", "text_lstm.max_train_minutes=0.0001")
+    first = gdl(project, "run", "text_lstm", *budget, env=env)
+    assert first.returncode == 75, first.stderr[-3000:]
+    assert (
+        "text_lstm: stopped at its budget of 0.0001 min after epoch 1 of 2 (checkpoint kept): "
+        "run the same command again to resume"
+    ) in first.stdout.splitlines()
+    assert "Finished in state Incomplete" in first.stderr
+    assert not list((project / "data" / "runs").glob("text_lstm/*/report.html"))  # nothing published
+    assert "text-lstm-incomplete" in _artifact_keys(prefect_api)
+
+    second = gdl(project, "run", "text_lstm", *budget, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from epoch 1 of 2" in second.stderr
+    assert (project / second.stdout.strip().splitlines()[-1] / "report.html").is_file()
 
 
 def test_deleted_outputs_are_rebuilt_not_served_from_a_stale_cache(project, prefect_api):

@@ -24,11 +24,14 @@ DEFAULT_PROFILE = "demo"
 INT32_MAX = 2**31 - 1  # seeds, lengths and counts reach TensorFlow as 32-bit integers
 
 
-def param(default: Any, step: str, description: str, **constraints: Any) -> Any:
-    """A parameter field: its default (the book's value), the step that first reads it, and why."""
+def param(default: Any, step: str, description: str, *, keyed: bool = True, **constraints: Any) -> Any:
+    """A parameter field: its default (the book's value), the step that first reads it, and why.
+    `keyed=False`: how a step runs, not what it computes (a time budget), so it is left out of
+    the cache keys and DVC's params: changing it resumes a step instead of starting it over."""
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}")
-    return Field(default, description=description, json_schema_extra={"step": step}, **constraints)
+    extra = {"step": step} if keyed else {"step": step, "keyed": False}
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
 OWN_LOCATION = "your own https://, s3:// or local path"
@@ -82,6 +85,15 @@ class TechniqueParams(BaseModel):
         False, "train", "Train in mixed_float16 (GPU only; ignored with a warning on CPU)."
     )
     jit_compile: bool = param(False, "train", "Compile the training step with XLA.")
+    max_train_minutes: float | None = param(
+        None,
+        "train",
+        "Stop training after this many minutes with a checkpoint; the run ends incomplete and the "
+        "next run with the same params resumes (checked per epoch or iteration; null: no budget).",
+        keyed=False,
+        gt=0,
+        le=60 * 24 * 366,
+    )
 
     @field_validator("*", mode="after")
     @classmethod
@@ -94,12 +106,14 @@ class TechniqueParams(BaseModel):
 
     @classmethod
     def fields_for_step(cls, step: str) -> list[str]:
-        """Names of the fields read by `step` or by any step before it."""
+        """Names of the fields read by `step` or by any step before it (what its cache key and
+        DVC's params hold: keyed fields only)."""
         upto = STEPS[: STEPS.index(step) + 1]
         return [
             name
             for name, info in cls.model_fields.items()
             if (info.json_schema_extra or {}).get("step") in upto
+            and (info.json_schema_extra or {}).get("keyed", True)
         ]
 
     def subset(self, step: str) -> dict[str, Any]:

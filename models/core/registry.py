@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.core.budget import NO_BUDGET, Budget
 from models.core.errors import GdlError
 from models.core.params import TechniqueParams
 from models.core.settings import settings
@@ -38,6 +39,7 @@ class StepContext:
     key: str = ""  # this step's cache key: what a resumable step fingerprints its checkpoints with
     progress: ProgressFn = _no_progress
     log: Callable[[str], None] = print
+    budget: Budget = NO_BUDGET  # the train step's max_train_minutes
 
 
 @dataclass(frozen=True)

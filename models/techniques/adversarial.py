@@ -310,6 +310,7 @@ def train(p: AdversarialParams, ctx: StepContext) -> dict[str, Any]:
         should_stop=lambda m: m["p_target"] >= p.threshold,
         progress=ctx.progress,
         log=ctx.log,
+        budget=ctx.budget,
         label="step",
     )
     attacked = image.numpy()

@@ -299,6 +299,7 @@ def train(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
             snapshot=frame,
             progress=lambda d, _t, logs: ctx.progress(done + d, p.num_octave * p.iterations, logs),
             log=ctx.log,
+            budget=ctx.budget,
             label="step",
         )
         losses = result["history"].get("loss", [])

@@ -322,6 +322,7 @@ def train(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
         callbacks=[keep_epochs],
         progress=ctx.progress,
         log=ctx.log,
+        budget=ctx.budget,
     )
     history = result["history"]
     metrics: dict[str, Any] = {

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from models.core.budget import NO_BUDGET, Budget
 from models.core.errors import GdlError
 from models.core.files import npz_bytes, read_json, write_bytes_atomic, write_json_atomic
 
@@ -163,6 +164,7 @@ def fit_resumable(
     callbacks: Sequence[Any] = (),
     progress: ProgressFn,
     log: Callable[[str], None],
+    budget: Budget = NO_BUDGET,
 ) -> dict[str, Any]:
     """Train to `epochs` epochs, resuming from `ckpt_dir` when it holds a matching checkpoint.
 
@@ -173,7 +175,8 @@ def fit_resumable(
     every epoch: a callback that keeps state across epochs must keep it in its own attributes
     (Keras' EarlyStopping resets its patience there and so only sees one epoch at a time).
     A loss that turns NaN or infinite stops training with an error and keeps the last good
-    checkpoint.
+    checkpoint. A spent `budget` ends training after the epoch it finds it in, with
+    BudgetReached (the epoch's checkpoint written: the next run resumes from it).
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state_path = ckpt_dir / STATE
@@ -247,6 +250,8 @@ def fit_resumable(
         if stopped:
             log(f"a callback stopped training after epoch {epoch + 1}")
             break
+        if epoch + 1 < epochs and budget.spent():
+            raise budget.stop(epoch + 1, epochs, "epoch")
 
     shutil.copyfile(ckpt_dir / read_json(state_path)["checkpoint"], ckpt_dir / FINAL)
     return {
@@ -333,6 +338,7 @@ def optimize_resumable(
     progress: ProgressFn,
     log: Callable[[str], None],
     label: str = "iteration",
+    budget: Budget = NO_BUDGET,
 ) -> dict[str, Any]:
     """Run `step(i)` for i in [0, iterations), resumable from `ckpt_dir`.
 
@@ -343,7 +349,9 @@ def optimize_resumable(
     `step` returns scalar metrics (tensors or floats) recorded per iteration. `should_stop`
     (given the latest metrics) ends the loop early. `snapshot(i)` is called after iteration i
     when (i + 1) % snapshot_every == 0, to write frames into `ckpt_dir`: they survive a resume.
-    Non-finite metrics stop with an error, keeping the last good checkpoint.
+    Non-finite metrics stop with an error, keeping the last good checkpoint. A spent `budget`
+    ends the loop after the iteration it finds it in: a checkpoint of that iteration, then
+    BudgetReached (the next run resumes there, with the result of an uninterrupted run).
     """
     if iterations < 0 or checkpoint_every < 1:
         raise GdlError(
@@ -420,11 +428,16 @@ def optimize_resumable(
                 + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
                 + ")"
             )
-        if stopped or done % checkpoint_every == 0 or done == iterations:
+        out_of_time = not stopped and done < iterations and budget.spent()
+        if stopped or out_of_time or done % checkpoint_every == 0 or done == iterations:
             save(done, stopped)
             saved_at = done
         if stopped:
             break
+        if out_of_time:
+            bar.update(done, finalize=True)
+            report(done, iterations, metrics, force=True)
+            raise budget.stop(done, iterations, label)
     if done == 0:
         save(0, False)
     bar.update(done, finalize=True)

@@ -352,6 +352,7 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         progress=ctx.progress,
         log=ctx.log,
         jit_compile=p.jit_compile,
+        budget=ctx.budget,
     )
     seconds = time.perf_counter() - t0
     G.save(ctx.out / GENERATOR)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from models.core.budget import NO_BUDGET, Budget
 from models.core.errors import GdlError
 
 LOSSES = ("bce", "wasserstein")
@@ -228,8 +229,9 @@ def train_adversarial(
     progress: Callable[[float, int, Mapping[str, float]], None] = lambda *a: None,
     log: Callable[[str], None] = print,
     jit_compile: bool = False,
+    budget: Budget = NO_BUDGET,
 ) -> dict[str, Any]:
-    """Train G against D for `steps` steps, resumably (see the module docstring)."""
+    """Train G against D for `steps` steps, resumably (see the module docstring), within `budget`."""
     from models.toolkit.training import model_variables, optimize_resumable
 
     check_images(x, y, "training images", recipe.num_classes)
@@ -256,6 +258,7 @@ def train_adversarial(
         progress=progress,
         log=log,
         label="step",
+        budget=budget,
     )
 
 

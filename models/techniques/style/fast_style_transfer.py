@@ -347,6 +347,7 @@ def train(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
         snapshot=snapshot,
         progress=ctx.progress,
         log=ctx.log,
+        budget=ctx.budget,
         label="step",
     )
     seconds = time.perf_counter() - t0

@@ -401,6 +401,7 @@ def train(p: StyleTransferParams, ctx: StepContext) -> dict[str, Any]:
         snapshot=snapshot,
         progress=ctx.progress,
         log=ctx.log,
+        budget=ctx.budget,
     )
     history = result["history"]
     save_png(ctx.out / RESULT, deprocess(p.backbone, image.numpy()[0]))

@@ -480,6 +480,7 @@ def train_networks(
         snapshot=snapshot,
         progress=ctx.progress,
         log=ctx.log,
+        budget=ctx.budget,
         label="step",
     )
     seconds = time.perf_counter() - t0

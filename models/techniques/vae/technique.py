@@ -248,6 +248,7 @@ def train(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
         steps_per_epoch=-(-len(x) // settings["batch_size"]),
         progress=ctx.progress,
         log=ctx.log,
+        budget=ctx.budget,
     )
     history = result["history"]
     # The digits classifier whose features FID/KID compare: trained on the same training digits.
