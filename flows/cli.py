@@ -283,10 +283,11 @@ def cmd_dvc_remote(args) -> None:
 
 
 def cmd_stack(args) -> None:
-    from flows.stack import up
+    from flows.stack import parse_gpus, up
     from tasks.steps import project_root
 
-    sys.exit(up(project_root(), args.host, args.port, args.db, args.gpus, not args.no_deploy))
+    gpus = parse_gpus(args.gpus) if args.gpus is not None else None
+    sys.exit(up(project_root(), args.host, args.port, args.db, gpus, not args.no_deploy, args.cpu_workers))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,7 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--host", default="127.0.0.1")
     stack.add_argument("--port", type=int, default=4200)
     stack.add_argument("--db", help="database URL (default: SQLite in .prefect/)")
-    stack.add_argument("--gpus", type=int, help="concurrent runs of the gpu pool (default: GPUs)")
+    stack.add_argument(
+        "--gpus",
+        help="GPU ids, comma-separated (0,1,3): one gpu-pool worker pinned to each, one run per GPU "
+        "(default: the GPUs nvidia-smi lists; none: one unpinned worker)",
+    )
+    stack.add_argument(
+        "--cpu-workers", type=int, default=1, help="cpu-pool workers, one run each (default 1)"
+    )
     stack.add_argument("--no-deploy", action="store_true", help="skip `prefect deploy --all`")
     stack.set_defaults(fn=cmd_stack)
     return parser

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from prefect import Flow, flow
 
-from flows.pipeline import technique_flow
+from flows.pipeline import RESULTS, technique_flow
 from models.core.params import PROFILES
 from models.core.registry import Technique, techniques
 
@@ -65,7 +65,7 @@ def typed_flow(t: Technique) -> Flow:
     run.__module__ = __name__
     run.__doc__ = form_docstring(t)
     run.__signature__ = inspect.Signature(form_parameters(t), return_annotation=dict[str, Any])
-    return flow(name="technique", flow_run_name=f"{t.name}-{{profile}}", log_prints=True)(run)
+    return flow(name="technique", flow_run_name=f"{t.name}-{{profile}}", log_prints=True, **RESULTS)(run)
 
 
 FLOWS: dict[str, Flow] = {name: typed_flow(t) for name, t in techniques().items()}

@@ -10,10 +10,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
 from flows.config import resolve_params
+from flows.fanout import chosen
+from flows.fanout import fan_out as fan_out_runs
 from flows.rehearsal import LAST_RUN, rehearsal_row, render_table
 from flows.summary import INCOMPLETE, render_summary, summary_row
 from models.core.errors import GdlError, one_line
-from models.core.registry import techniques
 from tasks._prefect import artifact_key, call, report_failure
 from tasks.download import download
 from tasks.publish import publish
@@ -22,8 +23,12 @@ from tasks.train import INCOMPLETE as INCOMPLETE_STATE
 from tasks.train import train
 from tasks.vectorize import vectorize
 
+# A run's result (its published run, or where its training stopped) is persisted as JSON, so a
+# nightly that started it as a deployment run reads it back (flows/fanout.py).
+RESULTS = {"persist_result": True, "result_serializer": "json"}
 
-@flow(name="technique", flow_run_name="{technique}-{profile}", log_prints=True)
+
+@flow(name="technique", flow_run_name="{technique}-{profile}", log_prints=True, **RESULTS)
 def technique_flow(
     technique: str, profile: str = "demo", overrides: dict[str, Any] | None = None, rehearse: bool = False
 ) -> dict[str, Any]:
@@ -63,30 +68,54 @@ def technique_flow(
         raise
 
 
-@flow(name="nightly", flow_run_name="nightly-{profile}", log_prints=True)
-def nightly_flow(
-    profile: str = "demo", overrides: dict[str, Any] | None = None, rehearse: bool = False
-) -> dict[str, Any]:
-    """Every registered technique, one after another (a failure does not stop the others), ending
-    with the summary artifact `nightly-summary`: each technique's state, duration, quality and
-    report. A technique stopped at its budget leaves the nightly `Incomplete`, not failed.
-
-    rehearse: rehearse each technique (see technique_flow) and end with the rehearsal table,
-    failed techniques included, as an artifact.
-    """
-    results, failed, rows = {}, {}, []
-    for name in techniques():
+def _in_process(names: list[str], profile: str, overrides, rehearse: bool):
+    """Each technique as a subflow of this process, one after another: (name, seconds, result,
+    error) each."""
+    for name in names:
         started = time.perf_counter()
         state = technique_flow(name, profile, overrides, rehearse, return_state=True)
-        error = None
+        result, error = None, None
         if state.is_completed():
-            results[name] = state.result()
+            result = state.result()
         else:
             try:
                 state.result()
             except Exception as exc:  # the one-line reason, for the tables
-                error = failed[name] = one_line(exc)[:300]
-        rows.append(summary_row(name, time.perf_counter() - started, results.get(name), error))
+                error = one_line(exc)[:300]
+        yield name, time.perf_counter() - started, result, error
+
+
+@flow(name="nightly", flow_run_name="nightly-{profile}", log_prints=True, **RESULTS)
+def nightly_flow(
+    profile: str = "demo",
+    overrides: dict[str, Any] | None = None,
+    rehearse: bool = False,
+    fan_out: bool = False,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    """Every registered technique (or those named in `only`); a failure does not stop the others.
+    Ends with the summary artifact `nightly-summary`: each technique's state, duration, quality
+    and report. A technique stopped at its budget leaves the nightly `Incomplete`, not failed.
+
+    fan_out: start each technique as a run of its deployment on its work pool, all at once, and
+    wait for them (flows/fanout.py); otherwise run them here, one after another.
+    rehearse: rehearse each technique (see technique_flow) and end with the rehearsal table,
+    failed techniques included, as an artifact.
+    """
+    names = chosen(only)
+    if fan_out:
+        from prefect import get_run_logger
+
+        outcomes = fan_out_runs(names, profile, overrides, rehearse, get_run_logger().info)
+    else:
+        outcomes = _in_process(names, profile, overrides, rehearse)
+    results, failed, rows = {}, {}, []
+    for name, seconds, result, error in outcomes:
+        if error is None:
+            results[name] = result
+        else:
+            failed[name] = error
+        rows.append(summary_row(name, seconds, result, error))
     if rehearse:
         LAST_RUN.update(rows=list(results.values()), failed=dict(failed))
         create_markdown_artifact(

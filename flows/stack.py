@@ -1,6 +1,7 @@
 """`gdl stack up`: the local stack — a Prefect server, the work pools, the deployments of
-prefect.yaml, and one process worker per pool — in the foreground until Ctrl-C, then a clean
-shutdown (workers first, then the server).
+prefect.yaml, and process workers (one per GPU, pinned to it with CUDA_VISIBLE_DEVICES;
+`--cpu-workers` on the cpu pool; one for the nightlies' own pool) — in the foreground until
+Ctrl-C, then a clean shutdown (workers first, then the server).
 
 SQLite under .prefect/ by default; `--db postgresql+asyncpg://user:pass@host/db` for a server
 that several workers hammer (SQLite reports "database is locked" under concurrency).
@@ -18,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from flows.deployments import CPU_POOL, GPU_POOL
+from flows.deployments import CPU_POOL, GPU_POOL, NIGHTLY_POOL
 from models.core.errors import GdlError
 from models.core.settings import settings
 
@@ -28,13 +29,36 @@ def _prefect() -> str:
     return str(exe) if exe.exists() else "prefect"
 
 
-def gpu_count() -> int:
-    """GPUs on this machine (nvidia-smi), at least 1 so the gpu pool always admits a run."""
+def gpu_ids() -> list[str]:
+    """The ids of this machine's GPUs (nvidia-smi -L), [] when it has none or no driver."""
     if shutil.which("nvidia-smi"):
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
         if out.returncode == 0:
-            return max(1, sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")))
-    return 1
+            lines = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+            return [line.split()[1].rstrip(":") for line in lines]
+    return []
+
+
+def parse_gpus(text: str) -> list[str]:
+    """`--gpus 0,1,3`: GPU ids as CUDA_VISIBLE_DEVICES takes them, each once."""
+    ids = [part.strip() for part in text.split(",")]
+    if not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
+        raise GdlError(f"--gpus {text!r}: expected distinct GPU ids separated by commas, e.g. --gpus 0,1")
+    return ids
+
+
+def workers_of(gpus: list[str], cpu_workers: int) -> dict[str, tuple[str, dict[str, str]]]:
+    """name -> (pool, extra environment) of every worker the stack runs: one per GPU, pinned to
+    it (none found: one unpinned), `cpu_workers` on the cpu pool, one for the nightlies."""
+    workers: dict[str, tuple[str, dict[str, str]]] = {}
+    for gpu in gpus:
+        workers[f"worker-gpu{gpu}"] = (GPU_POOL, {"CUDA_VISIBLE_DEVICES": gpu})
+    if not gpus:
+        workers["worker-gpu"] = (GPU_POOL, {})
+    for i in range(cpu_workers):
+        workers["worker-cpu" if cpu_workers == 1 else f"worker-cpu{i + 1}"] = (CPU_POOL, {})
+    workers["worker-nightly"] = (NIGHTLY_POOL, {})
+    return workers
 
 
 def stack_env(root: Path, host: str, port: int, db_url: str | None) -> dict[str, str]:
@@ -143,6 +167,17 @@ def _ensure_zombie_automation(api: str) -> None:
         raise GdlError(f"could not create the crashed-run automation on {api}: {exc}") from None
 
 
+def _shared_results_block(env: dict[str, str]) -> str:
+    """With GDL_SHARED_STORAGE, flow results go there too (not only task results), so a nightly
+    reads the results of technique runs that workers on other machines ran: the storage block,
+    created on the server, becomes every worker's default (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK)."""
+    code = "from tasks.shared_storage import result_storage; print(result_storage())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode or not out.stdout.strip():
+        raise GdlError(f"could not create the shared result storage block: {out.stderr.strip()[-300:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
 def _stop(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -161,19 +196,28 @@ def up(
     host: str = "127.0.0.1",
     port: int = 4200,
     db_url: str | None = None,
-    gpus: int | None = None,
+    gpus: list[str] | None = None,
     deploy: bool = True,
+    cpu_workers: int = 1,
 ) -> int:
+    if cpu_workers < 1:
+        raise GdlError(f"--cpu-workers must be at least 1 (got {cpu_workers})")
+    gpus = gpu_ids() if gpus is None else gpus
     env = stack_env(root, host, port, db_url)
     logs = Path(env["PREFECT_HOME"]) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     prefect = _prefect()
     started: list[subprocess.Popen] = []
 
-    def spawn(name: str, *args: str) -> subprocess.Popen:
+    def spawn(name: str, *args: str, extra: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         proc = subprocess.Popen(
-            [prefect, *args], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [prefect, *args],
+            cwd=root,
+            env={**env, **(extra or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         started.append(proc)
         return proc
@@ -196,18 +240,35 @@ def up(
         _wait_healthy(env["PREFECT_API_URL"] + "/health", server, timeout=180)
         print(f"Prefect server: http://{host}:{port} (log: {logs / 'server.log'})", flush=True)
         _ensure_zombie_automation(env["PREFECT_API_URL"])
-        for pool in (CPU_POOL, GPU_POOL):
+        if settings().shared_storage:
+            env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] = _shared_results_block(env)
+        for pool in (CPU_POOL, GPU_POOL, NIGHTLY_POOL):
             run("work-pool", "create", pool, "--type", "process", "--overwrite")
-        limit = gpus or gpu_count()
-        run("work-pool", "set-concurrency-limit", GPU_POOL, str(limit))
-        print(f"work pools: {CPU_POOL}, {GPU_POOL} (one run per GPU: limit {limit})", flush=True)
+        limits = {GPU_POOL: max(1, len(gpus)), CPU_POOL: cpu_workers}
+        for pool, limit in limits.items():
+            run("work-pool", "set-concurrency-limit", pool, str(limit))
+        print(
+            f"work pools: {GPU_POOL} (one run per GPU: limit {limits[GPU_POOL]}), "
+            f"{CPU_POOL} (limit {cpu_workers}), {NIGHTLY_POOL}",
+            flush=True,
+        )
         if deploy:
             run("--no-prompt", "deploy", "--all")
             print("deployed every deployment of prefect.yaml", flush=True)
-        workers = {
-            pool: spawn(f"worker-{pool}", "worker", "start", "--pool", pool) for pool in (CPU_POOL, GPU_POOL)
-        }
-        print(f"workers: {CPU_POOL}, {GPU_POOL} (logs in {logs}); Ctrl-C stops the stack", flush=True)
+        plan = workers_of(gpus, cpu_workers)
+
+        def start_worker(name: str) -> subprocess.Popen:
+            pool, extra = plan[name]
+            # One flow run at a time per worker: a GPU worker's runs see only its GPU.
+            return spawn(name, "worker", "start", "--pool", pool, "--limit", "1", extra=extra)
+
+        workers = {name: start_worker(name) for name in plan}
+        pinned = ", ".join(
+            f"{n} (CUDA_VISIBLE_DEVICES={e['CUDA_VISIBLE_DEVICES']})" for n, (_, e) in plan.items() if e
+        )
+        print(f"workers: {', '.join(plan)} (logs in {logs}); Ctrl-C stops the stack", flush=True)
+        if pinned:
+            print(f"pinned: {pinned}", flush=True)
         print("stack ready", flush=True)
         restarts: list[float] = []
         while not stopping:
@@ -218,7 +279,7 @@ def up(
                     flush=True,
                 )
                 return 1
-            for pool, worker in workers.items():
+            for name, worker in workers.items():
                 if worker.poll() is None:
                     continue
                 # A worker that died (killed, out of memory) is restarted, within reason.
@@ -227,8 +288,8 @@ def up(
                 if len(restarts) > 5:
                     print("workers keep dying; stopping", file=sys.stderr, flush=True)
                     return 1
-                print(f"worker {pool} exited (code {worker.returncode}); restarting", flush=True)
-                workers[pool] = spawn(f"worker-{pool}", "worker", "start", "--pool", pool)
+                print(f"{name} exited (code {worker.returncode}); restarting", flush=True)
+                workers[name] = start_worker(name)
             time.sleep(0.5)
         return 0
     finally:

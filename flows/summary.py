@@ -21,12 +21,15 @@ def summary_row(
         return {**row, "state": FAILED, "detail": error or "no result"}
     if "incomplete" in result:
         stop = result["incomplete"]
-        detail = (
-            f"stopped at its budget ({stop['max_train_minutes']:g} min) after {stop['unit']} "
-            f"{stop['done']} of {stop['total']}; resumes next run"
-        )
+        if stop:
+            detail = (
+                f"stopped at its budget ({stop['max_train_minutes']:g} min) after {stop['unit']} "
+                f"{stop['done']} of {stop['total']}; resumes next run"
+            )
+        else:  # only the run's state was readable
+            detail = str(result.get("message") or "stopped at its budget; resumes next run")
         return {**row, "state": INCOMPLETE, "detail": detail}
-    record = from_metrics(result.get("metrics") or {})
+    record = from_metrics({"quality": result.get("quality")})
     quality = verdict(technique, record)
     if record is not None and record.get("score") is not None:
         quality += f" (score {record['score']:.2f})"

@@ -355,6 +355,7 @@ def run(
         "report": (run_path / "report.html").relative_to(root).as_posix(),
         "published": published,
         "metrics": built["report"].metrics,
+        "quality": built["report"].quality.as_dict() if built["report"].quality else None,
     }
 
 

@@ -134,7 +134,7 @@ def test_the_summary_names_each_state_with_its_duration_quality_and_report():
             "vae",
             75.0,
             {
-                "metrics": {"quality": {"value": 0.2, "score": 0.81, "passed": True, "sentence": "s"}},
+                "quality": {"value": 0.2, "score": 0.81, "passed": True, "sentence": "s"},
                 "published": "s3://b/vae/run",
             },
         ),

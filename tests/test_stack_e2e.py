@@ -73,7 +73,7 @@ def stack(tmp_path_factory):
     port = free_port()
     env = cli_env(repo, PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2")
     proc = subprocess.Popen(
-        [str(BIN / "gdl"), "stack", "up", "--port", str(port)],
+        [str(BIN / "gdl"), "stack", "up", "--port", str(port), "--cpu-workers", "2"],
         cwd=repo,
         env=env,
         stdout=subprocess.PIPE,
@@ -386,3 +386,69 @@ def test_a_worker_on_another_machine_reuses_the_first_workers_cached_steps_via_s
     assert second["state"]["type"] == "COMPLETED"
     assert {"download", "vectorize", "train", "sample"} <= set(cached_second)
     assert list((machine_b / "data" / "checkpoints" / "text_lstm").glob("*/model.keras"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The nightly fans out: each technique a run of its deployment on the cpu pool (two workers,
+# limit 2), the nightly itself on the nightly pool
+
+
+def _children(api: str, parent_id: str) -> dict[str, dict]:
+    """The technique runs a nightly started, by technique (from their run names)."""
+    runs = _api(api, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}})
+    return {r["name"].rsplit("-", 1)[0]: r for r in runs}
+
+
+def _seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _summary(api: str, run_id: str) -> str:
+    return _artifacts(api, run_id)["nightly-summary"]["data"]
+
+
+def test_the_nightly_fans_out_two_at_a_time_survives_a_failure_and_resumes_a_budget(stack):
+    api = stack["api"]
+    nightly = _deployment(api, "nightly", "nightly-demo")
+    assert nightly["work_pool_name"] == "nightly"  # not a slot of the pool it fans out to
+    assert _api(api, "/work_pools/cpu")["concurrency_limit"] == 2
+    three = ["gan", "text_lstm", "vae"]
+    # text_lstm's budget is spent within its first epoch (of two): it stops, resumable.
+    budget = {"text_lstm.max_train_minutes": 1e-4}
+    params = {"profile": "demo", "fan_out": True, "only": three, "overrides": budget}
+    first = _api(api, f"/deployments/{nightly['id']}/create_flow_run", {"parameters": params})
+    final = _wait_final(api, first["id"], timeout=900)
+    assert final["state"]["type"] == "COMPLETED" and final["state"]["name"] == "Incomplete", final["state"]
+    runs = _children(api, first["id"])
+    assert sorted(runs) == three and all(r["work_pool_name"] == "cpu" for r in runs.values())
+    spans = sorted((_seconds(r["start_time"]), _seconds(r["end_time"])) for r in runs.values())
+    assert spans[1][0] < spans[0][1], f"no two runs overlapped: {spans}"  # two at the same time
+    assert spans[2][0] >= min(spans[0][1], spans[1][1]) - 1.0, f"the third did not wait: {spans}"
+    assert runs["text_lstm"]["state"]["name"] == "Incomplete"
+    summary = _summary(api, first["id"])
+    assert "\n2 completed, 1 incomplete, 0 failed\n" in summary, summary
+    assert "| `text_lstm` | incomplete |" in summary and "after epoch 1 of 2; resumes next run" in summary
+    for name in ("gan", "vae"):  # each with its quality verdict and its report
+        row = next(line for line in summary.splitlines() if line.startswith(f"| `{name}` | completed |"))
+        assert ("below floor" in row or "ok" in row) and f"/{name}/" in row, row
+
+    # The next night: gan's source is gone (it fails, the others do not), text_lstm resumes.
+    params["overrides"]["gan.source"] = str(stack["repo"] / "no-such-file.npz")
+    second = _api(api, f"/deployments/{nightly['id']}/create_flow_run", {"parameters": params})
+    final = _wait_final(api, second["id"], timeout=900)
+    assert final["state"]["type"] == "FAILED" and "techniques failed: gan" in final["state"]["message"]
+    runs = _children(api, second["id"])
+    assert {n: r["state"]["type"] for n, r in runs.items()} == {
+        "gan": "FAILED",
+        "text_lstm": "COMPLETED",
+        "vae": "COMPLETED",
+    }
+    query = {"logs": {"flow_run_id": {"any_": [runs["text_lstm"]["id"]]}}, "limit": 200}
+    logs = _api(api, "/logs/filter", query)
+    assert any("resuming from epoch 1 of 2" in m["message"] for m in logs)
+    summary = _summary(api, second["id"])
+    assert "\n2 completed, 0 incomplete, 1 failed\n" in summary, summary
+    assert "| `text_lstm` | completed |" in summary and "/text_lstm/" in summary
+    assert "| `gan` | failed |" in summary and "no-such-file.npz" in summary
