@@ -349,7 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     remote.set_defaults(fn=cmd_dvc_remote)
     stack = sub.add_parser("stack", help="the local stack: Prefect server, pools, deployments, workers")
     stack.add_argument("action", choices=["up"])
-    stack.add_argument("--host", default="127.0.0.1")
+    stack.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the server listens on (default 127.0.0.1); any but loopback needs "
+        "PREFECT_SERVER_API_AUTH_STRING=user:password in the environment",
+    )
     stack.add_argument("--port", type=int, default=4200)
     stack.add_argument("--db", help="database URL (default: SQLite in .prefect/)")
     stack.add_argument(

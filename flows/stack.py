@@ -5,10 +5,17 @@ Ctrl-C, then a clean shutdown (workers first, then the server).
 
 SQLite under .prefect/ by default; `--db postgresql+asyncpg://user:pass@host/db` for a server
 that several workers hammer (SQLite reports "database is locked" under concurrency).
+
+A server other machines can reach (`--host` anything but loopback) lets whoever reaches it start,
+cancel and delete runs, so it starts only with Prefect's basic auth: `PREFECT_SERVER_API_AUTH_STRING=
+user:password` in the environment (never a command-line argument: those show in `ps`). Everything
+the stack starts that calls the API gets it as `PREFECT_API_AUTH_STRING`; it is never printed.
 """
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
 import os
 import shutil
@@ -61,14 +68,70 @@ def workers_of(gpus: list[str], cpu_workers: int) -> dict[str, tuple[str, dict[s
     return workers
 
 
-def stack_env(root: Path, host: str, port: int, db_url: str | None) -> dict[str, str]:
-    api = f"http://{host}:{port}/api"
+SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"  # what the server checks (server.api.auth_string)
+CLIENT_AUTH = "PREFECT_API_AUTH_STRING"  # what clients send (api.auth_string)
+REMOTE_README = "README: Workers on other machines"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; anything else (0.0.0.0, a LAN address, a host name) may
+    be reachable from other machines."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def server_auth(host: str, environ: dict[str, str] | None = None) -> str | None:
+    """The basic-auth string the server will require (`user:password`), from the environment;
+    a one-line GdlError (without the value) when it is malformed, or missing on a host other
+    machines can reach."""
+    environ = os.environ if environ is None else environ
+    auth = environ.get(SERVER_AUTH)
+    if auth is None:
+        if not is_loopback(host):
+            raise GdlError(
+                f"--host {host} lets other machines reach the Prefect server, and anyone who reaches it "
+                f"could start, cancel or delete runs: set {SERVER_AUTH}=user:password in the environment "
+                f"to require basic auth ({REMOTE_README}), or use --host 127.0.0.1"
+            )
+        return None
+    user, colon, password = auth.partition(":")
+    if not (user and colon and password) or any(c.isspace() or not c.isprintable() for c in auth):
+        raise GdlError(
+            f"{SERVER_AUTH} is not user:password (a non-empty user without ':', a non-empty password, "
+            f"no spaces or control characters); its value is not shown"
+        )
+    return auth
+
+
+def redact(text: str, auth: str | None) -> str:
+    """`text` without the auth string or its basic-auth token."""
+    if auth:
+        for secret in (auth, base64.b64encode(auth.encode()).decode()):
+            text = text.replace(secret, "***")
+    return text
+
+
+def _client_host(host: str) -> str:
+    """Where processes on this machine reach a server listening on `host` (a URL's host part)."""
+    bare = host.strip("[]")
+    if bare in ("0.0.0.0", "::"):
+        bare = "127.0.0.1" if bare == "0.0.0.0" else "::1"
+    return f"[{bare}]" if ":" in bare else bare
+
+
+def stack_env(
+    root: Path, host: str, port: int, db_url: str | None, auth: str | None = None
+) -> dict[str, str]:
+    api = f"http://{_client_host(host)}:{port}/api"
     env = dict(os.environ)
     env.update(
         GDL_ROOT=str(root),
         PREFECT_HOME=env.get("PREFECT_HOME", str(root / ".prefect")),
         PREFECT_API_URL=api,
-        PREFECT_UI_API_URL=api,  # the UI calls the API here, whatever --port says
         PREFECT_SERVER_API_HOST=host,
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -76,6 +139,11 @@ def stack_env(root: Path, host: str, port: int, db_url: str | None) -> dict[str,
         DO_NOT_TRACK="1",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
+    # The UI calls the API here, whatever --port says; behind a TLS proxy, or listening on
+    # 0.0.0.0, set PREFECT_UI_API_URL to the address browsers use.
+    env.setdefault("PREFECT_UI_API_URL", api)
+    if auth:
+        env[SERVER_AUTH] = env[CLIENT_AUTH] = auth  # the server, and every client the stack starts
     if db_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
     else:
@@ -85,13 +153,20 @@ def stack_env(root: Path, host: str, port: int, db_url: str | None) -> dict[str,
     return env
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def _headers(auth: str | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    return headers
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, auth: str | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise GdlError(f"the Prefect server exited with code {proc.returncode} (see its log)")
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(urllib.request.Request(url, headers=_headers(auth)), timeout=2):
                 return
         except OSError:
             time.sleep(0.5)
@@ -142,13 +217,10 @@ def zombie_automation(heartbeat: int) -> dict:
     }
 
 
-def _ensure_zombie_automation(api: str) -> None:
+def _ensure_zombie_automation(api: str, auth: str | None = None) -> None:
     def call(path: str, body: dict) -> object:
         req = urllib.request.Request(
-            api + path,
-            data=json.dumps(body).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json"},
+            api + path, data=json.dumps(body).encode(), method="POST", headers=_headers(auth)
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.load(resp)
@@ -159,7 +231,9 @@ def _ensure_zombie_automation(api: str) -> None:
         # One of ours for another heartbeat would crash healthy runs: replace it.
         for old in existing:
             if old["name"].startswith(ZOMBIE_PREFIX) and old["name"] != automation["name"]:
-                req = urllib.request.Request(f"{api}/automations/{old['id']}", method="DELETE")
+                req = urllib.request.Request(
+                    f"{api}/automations/{old['id']}", method="DELETE", headers=_headers(auth)
+                )
                 urllib.request.urlopen(req, timeout=30).close()
         if not any(a["name"] == automation["name"] for a in existing):
             call("/automations/", automation)
@@ -202,8 +276,9 @@ def up(
 ) -> int:
     if cpu_workers < 1:
         raise GdlError(f"--cpu-workers must be at least 1 (got {cpu_workers})")
+    auth = server_auth(host)  # before anything starts: a refused stack starts nothing
     gpus = gpu_ids() if gpus is None else gpus
-    env = stack_env(root, host, port, db_url)
+    env = stack_env(root, host, port, db_url, auth)
     logs = Path(env["PREFECT_HOME"]) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     prefect = _prefect()
@@ -225,7 +300,8 @@ def up(
     def run(*args: str) -> None:
         result = subprocess.run([prefect, *args], cwd=root, env=env, capture_output=True, text=True)
         if result.returncode:
-            raise GdlError(f"`prefect {' '.join(args)}` failed: {result.stdout[-500:]}{result.stderr[-500:]}")
+            output = redact(result.stdout[-500:] + result.stderr[-500:], auth)
+            raise GdlError(f"`prefect {' '.join(args)}` failed: {output}")
 
     stopping = False
 
@@ -237,9 +313,15 @@ def up(
     signal.signal(signal.SIGTERM, on_signal)
     try:
         server = spawn("server", "server", "start", "--host", host, "--port", str(port))
-        _wait_healthy(env["PREFECT_API_URL"] + "/health", server, timeout=180)
+        _wait_healthy(env["PREFECT_API_URL"] + "/health", server, timeout=180, auth=auth)
         print(f"Prefect server: http://{host}:{port} (log: {logs / 'server.log'})", flush=True)
-        _ensure_zombie_automation(env["PREFECT_API_URL"])
+        if auth:
+            print(
+                f"basic auth required ({SERVER_AUTH}); over plain HTTP the credential crosses the network "
+                f"in clear: put a TLS proxy in front or keep it on a private network ({REMOTE_README})",
+                flush=True,
+            )
+        _ensure_zombie_automation(env["PREFECT_API_URL"], auth)
         if settings().shared_storage:
             env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] = _shared_results_block(env)
         for pool in (CPU_POOL, GPU_POOL, NIGHTLY_POOL):

@@ -6,54 +6,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, cli_env, free_port, write_params
+from conftest import BIN, cli_env, write_params
+from stacks import api_call, deployment, stack_up, wait_final
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-def _api(api: str, path: str, body: dict | None = None):
-    """One REST call; a 503 (the server's "busy, retry") is retried, as Prefect's own client does."""
-    data = json.dumps(body).encode() if body is not None else None
-    for attempt in range(6):
-        req = urllib.request.Request(
-            api + path,
-            data=data,
-            method="POST" if data else "GET",
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.load(resp)
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503 or attempt == 5:
-                raise
-            time.sleep(2**attempt)
-
-
-def _deployment(api: str, flow: str, name: str) -> dict:
-    return _api(api, f"/deployments/name/{flow}/{name}")
-
-
-def _wait_final(api: str, run_id: str, timeout: float = 420) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = _api(api, f"/flow_runs/{run_id}")
-        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return run
-        time.sleep(1)
-    raise AssertionError(f"flow run {run_id} still {run['state']['type']} after {timeout} s")
+_api, _deployment, _wait_final = api_call, deployment, wait_final
 
 
 def _artifacts(api: str, run_id: str) -> dict[str, dict]:
@@ -64,48 +33,8 @@ def _artifacts(api: str, run_id: str) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """`gdl stack up` in a scratch copy of the project, with tiny params; stopped at the end."""
-    repo = tmp_path_factory.mktemp("stack") / "repo"
-    repo.mkdir()
-    for name in ("models", "tasks", "flows"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "prefect.yaml", repo / "prefect.yaml")
-    write_params(repo)
-    port = free_port()
-    env = cli_env(repo, PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2")
-    proc = subprocess.Popen(
-        [str(BIN / "gdl"), "stack", "up", "--port", str(port), "--cpu-workers", "2"],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            if "stack ready" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 240
-    while not ready.wait(0.5) and proc.poll() is None and time.monotonic() < deadline:
-        pass  # a stack that exits early fails the fixture at once, not after the deadline
-    if not ready.is_set():
-        proc.kill()
-        raise AssertionError("stack did not come up:\n" + "".join(lines))
-    yield {
-        "repo": repo,
-        "api": f"http://127.0.0.1:{port}/api",
-        "ui": f"http://127.0.0.1:{port}",
-        "proc": proc,
-        "lines": lines,
-    }
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(90) == 0, "".join(lines)
-    assert "stack stopped" in "".join(lines)
+    with stack_up(tmp_path_factory.mktemp("stack"), args=("--cpu-workers", "2")) as running:
+        yield running
 
 
 def test_a_run_triggered_like_the_ui_completes_on_a_worker_with_artifacts(stack):
