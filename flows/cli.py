@@ -49,7 +49,9 @@ def cmd_list(args) -> None:
     from models.core.registry import techniques
 
     for name, t in techniques().items():
-        print(f"{name}\t{', '.join(t.dataset_names)}\t{t.summary}")
+        # Third column: whether the technique trains data-parallel (its `replicas` param).
+        parallel = "replicas" if t.supports_replicas else "-"
+        print(f"{name}\t{', '.join(t.dataset_names)}\t{parallel}\t{t.summary}")
 
 
 def cmd_run(args) -> int:
@@ -295,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gdl", description="Generative deep-learning pipelines (Prefect flows, DVC stages)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="techniques and their datasets, name first").set_defaults(fn=cmd_list)
+    sub.add_parser(
+        "list", help="techniques, their datasets and whether they train on replicas, name first"
+    ).set_defaults(fn=cmd_list)
     run = sub.add_parser("run", help="run a technique's Prefect flow ('all': the nightly flow)")
     run.add_argument("technique", help="technique name, or 'all'")
     run.add_argument(

@@ -73,15 +73,20 @@ def render_params() -> str:
 
 
 def render_techniques_table() -> str:
-    """Markdown table of the registered techniques: name, datasets per profile, inputs, summary."""
-    lines = ["| technique | inputs (full → demo) | what it does |", "| --- | --- | --- |"]
+    """Markdown table of the registered techniques: name, datasets per profile, inputs, whether
+    it trains data-parallel (`replicas`), summary."""
+    lines = [
+        "| technique | inputs (full → demo) | replicas | what it does |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, t in techniques().items():
         full, demo = (t.active_inputs(t.profile_params(p)) for p in ("full", "demo"))
         inputs = "; ".join(
             f"{i}: `{full[i][0]}` {full[i][1]} → {demo[i][1] if i in demo else 'none'}" if i in full else i
             for i in t.inputs
         )
-        lines.append(f"| `{name}` | {inputs} | {t.summary} |")
+        parallel = "yes" if t.supports_replicas else "no"
+        lines.append(f"| `{name}` | {inputs} | {parallel} | {t.summary} |")
     return "\n".join(lines) + "\n"
 
 

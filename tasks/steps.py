@@ -429,6 +429,11 @@ def execute(
     root = project_root()
     t = get(technique)
     p = t.params_model(**params)
+    if t.supports_replicas and p.replicas > 1:
+        # Logical devices exist only if made before TensorFlow starts: before any step's work.
+        from models.toolkit.distribute import reserve_devices
+
+        reserve_devices(p.replicas, p.device)
     key = step_key(technique, step, params, upstream)
     out = step_dir(root, technique, step, slot_name(key, dvc))
     dirs = {name: local_dir(root, upstream[name]) for name in UPSTREAM[step] if name != "download"}

@@ -17,6 +17,10 @@ def test_list_prints_each_technique_name_first(project):
     assert [line.split("\t")[0] for line in lines] == list(techniques())
     by_name = {line.split("\t")[0]: line for line in lines}
     assert "nietzsche" in by_name["text_lstm"]
+    # Third column: whether the technique trains data-parallel (has `replicas`).
+    assert {line.split("\t")[0]: line.split("\t")[2] for line in lines} == {
+        name: "replicas" if t.supports_replicas else "-" for name, t in techniques().items()
+    }
     for name, t in techniques().items():  # every dataset either profile reads is listed
         assert all(d in by_name[name] for d in t.dataset_names)
 
@@ -35,6 +39,7 @@ def test_list_prints_each_technique_name_first(project):
         (["run", "text_lstm", "--set", "text_lstm.bogus=1"], "unknown parameter 'text_lstm.bogus'"),
         (["run", "all", "--set", "text_lstm.maxlen=-1"], "text_lstm.maxlen"),
         (["stage", "nope", "train"], "unknown technique 'nope'"),
+        (["run", "gan", "--set", "gan.batch_size=30", "--set", "gan.replicas=4"], "gan.batch_size=30 is not"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_any_work(project, args, message):

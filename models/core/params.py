@@ -120,6 +120,37 @@ class TechniqueParams(BaseModel):
         return {name: getattr(self, name) for name in self.fields_for_step(step)}
 
 
+class DataParallelParams(TechniqueParams):
+    """A technique that can train data-parallel: `replicas` devices share each global batch
+    (models/toolkit/distribute.py). Techniques whose recipe does not allow it (batch 1, an
+    optimised image) do not have the field. `global_batch_size` is the batch in force."""
+
+    replicas: int = param(
+        1,
+        "train",
+        "Devices training in parallel (tf.distribute.MirroredStrategy over that many GPUs, or "
+        "logical CPU devices without a GPU); each gets an equal share of every batch, whose size "
+        "must be divisible by it. 1: one device, no strategy.",
+        ge=1,
+    )
+
+    def global_batch_size(self) -> int:
+        return self.batch_size  # type: ignore[attr-defined]
+
+    def check_replicas(self, section: str) -> None:
+        """The batch splits evenly between the replicas (one-line GdlError otherwise)."""
+        batch = self.global_batch_size()
+        if batch % self.replicas:
+            raise GdlError(
+                f"{section}.batch_size={batch} is not divisible by {section}.replicas={self.replicas}"
+            )
+
+
+def supports_replicas(model: type[TechniqueParams]) -> bool:
+    """Whether a technique's params model trains data-parallel (has `replicas`)."""
+    return issubclass(model, DataParallelParams)
+
+
 def _describe_error(section: str, err: Mapping[str, Any]) -> str:
     loc = ".".join(str(p) for p in (section, *err["loc"]))
     if err["type"] == "extra_forbidden":
@@ -155,12 +186,15 @@ def validate(section: str, model: type[TechniqueParams], values: Mapping[str, An
         if new:
             raise GdlError(f"{section}: parameter '{name}' was renamed to '{new}'")
     try:
-        return model(**values)
+        params = model(**values)
     except ValidationError as exc:
         problems = "; ".join(_describe_error(section, e) for e in exc.errors())
         if any(e["type"] == "extra_forbidden" for e in exc.errors()):
             problems += f" (valid keys: {', '.join(sorted(model.model_fields))})"
         raise GdlError(f"invalid parameters: {problems}") from None
+    if isinstance(params, DataParallelParams):
+        params.check_replicas(section)
+    return params
 
 
 class _Yaml12Floats(yaml.SafeLoader):

@@ -18,7 +18,7 @@ from typing import Any
 
 from models.core.budget import NO_BUDGET, Budget
 from models.core.errors import GdlError
-from models.core.params import TechniqueParams
+from models.core.params import TechniqueParams, supports_replicas
 from models.core.settings import settings
 
 # progress(done, total, logs): `done` may be fractional (1.5 of 4 epochs) for smooth progress.
@@ -145,6 +145,11 @@ class Technique:
             for d, _ in self.active_inputs(self.profile_params(profile)).values()
         ]
         return tuple(dict.fromkeys(names))
+
+    @property
+    def supports_replicas(self) -> bool:
+        """Whether it trains data-parallel: its params have `replicas` (DataParallelParams)."""
+        return supports_replicas(self.params_model)
 
     def step_function(self, step: str) -> Callable:
         return {

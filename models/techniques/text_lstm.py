@@ -25,12 +25,13 @@ from pydantic import field_validator
 
 from models.core.errors import GdlError
 from models.core.files import numbered_files, write_json_atomic
-from models.core.params import TechniqueParams, param, source_param
+from models.core.params import DataParallelParams, param, source_param
 from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.inputs.formats import decode_text
 from models.reporting.quality import Check, Quality
 from models.reporting.report import Curve, Note, Report, Table, Text
 from models.techniques.text_sampler import TextSampler
+from models.toolkit.distribute import data_parallel
 from models.toolkit.training import FINAL, configure_runtime, fit_resumable, load_model
 
 CORPUS, VOCAB, META = "corpus.npy", "vocab.json", "meta.json"
@@ -42,7 +43,7 @@ EPOCH_WEIGHTS = "epochs"  # per-epoch weights, sampled by the sample step (the b
 MIN_TEMPERATURE = 0.01  # sampling at 0.01 is already argmax in all but ties
 
 
-class TextLSTMParams(TechniqueParams):
+class TextLSTMParams(DataParallelParams):
     dataset: str = param("nietzsche", "download", "Dataset name in the catalog (Chollet 8.1).")
     source: str = source_param("the dataset", remote="the book's URL", offline="a packaged stand-in")
     max_chars: int | None = param(
@@ -295,6 +296,10 @@ def train(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
 
     processed = ctx.upstream["vectorize"]
     device = configure_runtime(p.device, p.mixed_precision, ctx.log)
+    replicas = data_parallel(p.replicas, device, p.batch_size)
+    # The epochs' shuffles depend on TensorFlow's global seed too: set it on resume as well
+    # (only building a new model did), or a resumed run in a fresh process shuffles otherwise.
+    keras.utils.set_random_seed(p.seed)
     ids, vocab = load_corpus(processed)
     train_starts, val_starts = split_starts(len(ids), p.maxlen, p.stride, p.validation_split)
 
@@ -323,6 +328,7 @@ def train(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
         progress=ctx.progress,
         log=ctx.log,
         budget=ctx.budget,
+        replicas=replicas,
     )
     history = result["history"]
     metrics: dict[str, Any] = {
@@ -333,6 +339,8 @@ def train(p: TextLSTMParams, ctx: StepContext) -> dict[str, Any]:
         "resumed_from_epoch": result["resumed_from"],
         "parameters": result["parameters"],
         "input_shape": [p.batch_size, p.maxlen, len(vocab)],
+        "replicas": result["replicas"],
+        "devices": result["devices"],
     }
     if "val_loss" in history:
         metrics["val_loss"] = history["val_loss"][-1]

@@ -20,6 +20,7 @@ Both show progress twice: Keras' own progress bar (rate and ETA) on the terminal
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -27,13 +28,16 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.core.budget import NO_BUDGET, Budget
 from models.core.errors import GdlError
 from models.core.files import npz_bytes, read_json, write_bytes_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from models.toolkit.distribute import Replicas
 
 STATE = "state.json"
 FINAL = "model.keras"
@@ -73,6 +77,28 @@ def configure_runtime(
             log("mixed_precision ignored: no GPU in use")
         keras.mixed_precision.set_global_policy("float32")
     return used
+
+
+def _scope(replicas: Replicas | None) -> Callable[[], Any]:
+    """The context to create or load variables in: the replicas' strategy scope, or none."""
+    return replicas.scope if replicas is not None else contextlib.nullcontext
+
+
+def _replica_summary(replicas: Replicas | None, variable: Any) -> dict[str, Any]:
+    """How many replicas trained and on which devices, read from where `variable` lives (its
+    mirrored copies), so a run that left its variables on one device does not claim two."""
+    if replicas is None:
+        return {}
+    copies = getattr(getattr(variable, "value", variable), "values", None)
+    if not copies:
+        return replicas.summary()
+    import tensorflow as tf
+
+    spec = [tf.DeviceSpec.from_string(c.device) for c in copies]
+    return {
+        "replicas": len(copies),
+        "devices": [d.replace(job=None, replica=None, task=None).to_string() for d in spec],
+    }
 
 
 def load_model(path: Path):
@@ -165,6 +191,7 @@ def fit_resumable(
     progress: ProgressFn,
     log: Callable[[str], None],
     budget: Budget = NO_BUDGET,
+    replicas: Replicas | None = None,
 ) -> dict[str, Any]:
     """Train to `epochs` epochs, resuming from `ckpt_dir` when it holds a matching checkpoint.
 
@@ -176,14 +203,18 @@ def fit_resumable(
     (Keras' EarlyStopping resets its patience there and so only sees one epoch at a time).
     A loss that turns NaN or infinite stops training with an error and keeps the last good
     checkpoint. A spent `budget` ends training after the epoch it finds it in, with
-    BudgetReached (the epoch's checkpoint written: the next run resumes from it).
+    BudgetReached (the epoch's checkpoint written: the next run resumes from it). `replicas`
+    (models.toolkit.distribute.data_parallel): the model is built or loaded under its strategy,
+    so `fit` splits each global batch between the replicas.
     """
+    scope = _scope(replicas)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state_path = ckpt_dir / STATE
     state = read_json(state_path) if state_path.exists() else None
     saved = ckpt_dir / state["checkpoint"] if state and "checkpoint" in state else None
     if state and state.get("fingerprint") == fingerprint and saved and saved.exists():
-        model = load_model(saved)
+        with scope():
+            model = load_model(saved)
         start = int(state["epoch"])
         history: dict[str, list[float]] = state["history"]
         stopped = bool(state.get("stopped", False))
@@ -193,7 +224,9 @@ def fit_resumable(
             log(f"checkpoint in {ckpt_dir} is from other params, data or code: starting over")
         for child in ckpt_dir.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-        model, start, history, stopped = build_model(), 0, {}, False
+        with scope():
+            model = build_model()
+        start, history, stopped = 0, {}, False
 
     report = _Throttled(progress)
     for epoch in range(start, epochs if not stopped else start):
@@ -259,6 +292,7 @@ def fit_resumable(
         "resumed_from": start,
         "stopped_early": stopped,
         "parameters": int(model.count_params()),
+        **_replica_summary(replicas, model.weights[0]),
     }
 
 
@@ -339,6 +373,7 @@ def optimize_resumable(
     log: Callable[[str], None],
     label: str = "iteration",
     budget: Budget = NO_BUDGET,
+    replicas: Replicas | None = None,
 ) -> dict[str, Any]:
     """Run `step(i)` for i in [0, iterations), resumable from `ckpt_dir`.
 
@@ -351,7 +386,10 @@ def optimize_resumable(
     when (i + 1) % snapshot_every == 0, to write frames into `ckpt_dir`: they survive a resume.
     Non-finite metrics stop with an error, keeping the last good checkpoint. A spent `budget`
     ends the loop after the iteration it finds it in: a checkpoint of that iteration, then
-    BudgetReached (the next run resumes there, with the result of an uninterrupted run).
+    BudgetReached (the next run resumes there, with the result of an uninterrupted run). With `replicas`
+    (models.toolkit.distribute.data_parallel) the variables and optimizers are mirrored (created
+    under its strategy's scope) and `step` runs its update on every replica; checkpoints read
+    and assign the mirrored variables like any other.
     """
     if iterations < 0 or checkpoint_every < 1:
         raise GdlError(
@@ -360,7 +398,8 @@ def optimize_resumable(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     optimizers = _optimizer_list(optimizer)
     if len(optimizers) == 1 and not optimizers[0].built:
-        optimizers[0].build(list(variables.values()))
+        with _scope(replicas)():
+            optimizers[0].build(list(variables.values()))
     unbuilt = [o for o in optimizers if not o.built]
     if unbuilt:
         raise GdlError("build each optimizer on the variables it trains before optimize_resumable")
@@ -442,4 +481,10 @@ def optimize_resumable(
         save(0, False)
     bar.update(done, finalize=True)
     report(done, iterations, {k: v[-1] for k, v in history.items()}, force=True)
-    return {"history": history, "iterations": done, "resumed_from": start, "stopped_early": stopped}
+    return {
+        "history": history,
+        "iterations": done,
+        "resumed_from": start,
+        "stopped_early": stopped,
+        **_replica_summary(replicas, next(iter(variables.values()), None)),
+    }

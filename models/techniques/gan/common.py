@@ -15,7 +15,7 @@ import numpy as np
 
 from models.core.errors import GdlError
 from models.core.files import numbered_files, numbered_name
-from models.core.params import TechniqueParams, param, source_param, weights_source_param
+from models.core.params import DataParallelParams, param, source_param, weights_source_param
 from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.quality import Check, Quality
 from models.reporting.report import Animation, Curve, Image, Note, Report, Section
@@ -35,7 +35,7 @@ LEGIBLE_FLOOR = 0.5  # the demo's floor on the legible fraction of generated dig
 FID_SCORE_FLOOR = 0.5  # the demo's floor on a colour GAN's FID score
 
 
-class GanParams(TechniqueParams):
+class GanParams(DataParallelParams):
     """Fields every GAN technique has; a variant's subclass sets the book's values as defaults,
     its technique's NAME and SUMMARY, and its networks (`architecture`). DigitsParams and
     ColourParams say how its images are scored (DIGITS, HEADLINE, `quality_note`)."""
@@ -313,16 +313,19 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
     import keras
 
     from models.core.images import image_grid, save_png
+    from models.toolkit.distribute import data_parallel
     from models.toolkit.training import configure_runtime, shape_summary, step_summary
 
     device = configure_runtime(p.device, p.mixed_precision, ctx.log)
+    replicas = data_parallel(p.replicas, device, p.batch_size)
     num_classes = p.label_classes()
     recipe = p.recipe(num_classes)
     x, y = load_set(ctx.upstream["vectorize"], "train", f"image set {p.dataset}", num_classes)
     keras.utils.set_random_seed(p.seed)  # the same initial networks on resume
-    G, D = build_networks(p, x.shape[1:], num_classes)
-    g_opt = make_optimizer(p.optimizer, p.g_learning_rate, p.beta_1, p.beta_2, p.gradient_clip)
-    d_opt = make_optimizer(p.optimizer, p.d_learning_rate, p.beta_1, p.beta_2, p.gradient_clip)
+    with replicas.scope():  # mirrored networks and optimizers with more than one replica
+        G, D = build_networks(p, x.shape[1:], num_classes)
+        g_opt = make_optimizer(p.optimizer, p.g_learning_rate, p.beta_1, p.beta_2, p.gradient_clip)
+        d_opt = make_optimizer(p.optimizer, p.d_learning_rate, p.beta_1, p.beta_2, p.gradient_clip)
     z = fixed_latents(p.seed, p.grid_size, p.latent_dim)
     grid_labels = np.arange(p.grid_size) % num_classes if num_classes else None
     frames = ctx.out / FRAMES
@@ -353,6 +356,7 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         log=ctx.log,
         jit_compile=p.jit_compile,
         budget=ctx.budget,
+        replicas=replicas,
     )
     seconds = time.perf_counter() - t0
     G.save(ctx.out / GENERATOR)
@@ -365,6 +369,8 @@ def train(p: GanParams, ctx: StepContext) -> dict[str, Any]:
         "discriminator_parameters": int(D.count_params()),
         **shape_summary([G, D], (p.batch_size, *x.shape[1:])),
         "device": device,
+        "replicas": result["replicas"],
+        "devices": result["devices"],
     }
     from models.core.files import write_json_atomic
 

@@ -20,6 +20,7 @@ dropout layers' seed state is checkpointed with the weights.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,17 +97,33 @@ def _inputs(image_or_z, labels, recipe: Recipe):
     return [image_or_z, labels] if recipe.num_classes else image_or_z
 
 
-def make_train_step(G, D, g_opt, d_opt, recipe: Recipe, jit_compile: bool = False):
+def make_train_step(G, D, g_opt, d_opt, recipe: Recipe, jit_compile: bool = False, replicas=None):
     """One compiled GAN step: `recipe.n_critic` updates of D, then one of G.
 
     Its argument is a `batch(...)` dict (host-drawn randomness, see `draw_batch`); it returns the
     step's scalar metrics: d_loss and g_loss (the last D update's, and G's), D's mean score on
     real and on generated images in that last D update, and the gradient penalty when there is one.
+
+    `replicas` (models.toolkit.distribute.Replicas with a strategy; G, D and both optimizers
+    created under its scope): each replica updates on its shard of the global batch (`shard_batch`),
+    every mean is taken over the GLOBAL batch (a replica's sum / batch size) and the optimizers
+    sum the replicas' gradients, so one step is the one-device step on the whole batch; metrics
+    are summed over the replicas into those global means. Weight clipping runs after each D
+    update, on the mirrored variables.
     """
     import keras
     import tensorflow as tf
 
     bce = recipe.loss == "bce"
+    strategy = replicas.strategy if replicas is not None else None
+    if strategy is None:
+        average = tf.reduce_mean
+    else:
+
+        def average(values):
+            # This replica's share of the global batch's mean (the replicas' shares sum to it).
+            global_batch = tf.cast(tf.size(values) * strategy.num_replicas_in_sync, values.dtype)
+            return tf.reduce_sum(values) / global_batch
 
     def d_objective(real_score, fake_score, noise):
         if bce:
@@ -115,15 +132,15 @@ def make_train_step(G, D, g_opt, d_opt, recipe: Recipe, jit_compile: bool = Fals
             real_t = 1.0 - recipe.label_noise * noise[:n, None]
             fake_t = recipe.label_noise * noise[n:, None]
             return 0.5 * (
-                tf.reduce_mean(keras.losses.binary_crossentropy(real_t, real_score))
-                + tf.reduce_mean(keras.losses.binary_crossentropy(fake_t, fake_score))
+                average(keras.losses.binary_crossentropy(real_t, real_score))
+                + average(keras.losses.binary_crossentropy(fake_t, fake_score))
             )
-        return tf.reduce_mean(fake_score) - tf.reduce_mean(real_score)
+        return average(fake_score) - average(real_score)
 
     def g_objective(fake_score):
         if bce:  # the non-saturating loss: G wants D to call its images real
-            return tf.reduce_mean(keras.losses.binary_crossentropy(tf.ones_like(fake_score), fake_score))
-        return -tf.reduce_mean(fake_score)
+            return average(keras.losses.binary_crossentropy(tf.ones_like(fake_score), fake_score))
+        return -average(fake_score)
 
     def gradient_penalty(real, fake, alpha, labels):
         # alpha: one uniform weight per sample (not per pixel), broadcast over the image.
@@ -133,37 +150,85 @@ def make_train_step(G, D, g_opt, d_opt, recipe: Recipe, jit_compile: bool = Fals
             score = D(_inputs(mixed, labels, recipe), training=True)
         grads = tape.gradient(score, mixed)
         norm = tf.sqrt(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]) + GP_EPSILON)
-        return tf.reduce_mean(tf.square(norm - 1.0))
+        return average(tf.square(norm - 1.0))
 
-    @tf.function(jit_compile=jit_compile)
+    def d_update(batch, k):
+        real, labels, z = batch["real"][k], batch["labels"][k], batch["z_d"][k]
+        noise, alpha = batch["noise"][k], batch["alpha"][k]
+        out = {}
+        with tf.GradientTape() as tape:
+            fake = G(_inputs(z, labels, recipe), training=True)
+            real_score = D(_inputs(real, labels, recipe), training=True)
+            fake_score = D(_inputs(fake, labels, recipe), training=True)
+            d_loss = d_objective(real_score, fake_score, noise)
+            if recipe.gp_weight:
+                gp = gradient_penalty(real, fake, alpha, labels)
+                out["gradient_penalty"] = gp
+                d_loss += recipe.gp_weight * gp
+        out.update(d_loss=d_loss, d_real=average(real_score), d_fake=average(fake_score))
+        grads = tape.gradient(d_loss, D.trainable_variables)
+        d_opt.apply_gradients(zip(grads, D.trainable_variables, strict=True))
+        return out
+
+    def clip():
+        if recipe.clip_value:
+            for v in D.trainable_variables:
+                v.assign(tf.clip_by_value(v, -recipe.clip_value, recipe.clip_value))
+
+    def g_update(batch):
+        z, labels = batch["z_g"], batch["g_labels"]
+        with tf.GradientTape() as tape:
+            fake = G(_inputs(z, labels, recipe), training=True)
+            g_loss = g_objective(D(_inputs(fake, labels, recipe), training=True))
+        grads = tape.gradient(g_loss, G.trainable_variables)
+        g_opt.apply_gradients(zip(grads, G.trainable_variables, strict=True))
+        return g_loss
+
+    def run(fn, batch):
+        if strategy is None:
+            return fn(batch)
+        per_replica = strategy.run(fn, args=(batch,))
+        return tf.nest.map_structure(
+            lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), per_replica
+        )
+
+    # XLA compiles the one-device step; with replicas the step runs uncompiled (train_adversarial
+    # says so): XLA does not compile a step whose optimizers all-reduce across devices.
+    @tf.function(jit_compile=jit_compile and strategy is None)
     def train_step(batch):
         out = {}
         for k in range(recipe.n_critic):
-            real, labels = batch["real"][k], batch["labels"][k]
-            with tf.GradientTape() as tape:
-                fake = G(_inputs(batch["z_d"][k], labels, recipe), training=True)
-                real_score = D(_inputs(real, labels, recipe), training=True)
-                fake_score = D(_inputs(fake, labels, recipe), training=True)
-                d_loss = d_objective(real_score, fake_score, batch["noise"][k])
-                if recipe.gp_weight:
-                    gp = gradient_penalty(real, fake, batch["alpha"][k], labels)
-                    out["gradient_penalty"] = gp
-                    d_loss += recipe.gp_weight * gp
-            scores = (tf.reduce_mean(real_score), tf.reduce_mean(fake_score))
-            grads = tape.gradient(d_loss, D.trainable_variables)
-            d_opt.apply_gradients(zip(grads, D.trainable_variables, strict=True))
-            if recipe.clip_value:
-                for v in D.trainable_variables:
-                    v.assign(tf.clip_by_value(v, -recipe.clip_value, recipe.clip_value))
-        with tf.GradientTape() as tape:
-            fake = G(_inputs(batch["z_g"], batch["g_labels"], recipe), training=True)
-            g_loss = g_objective(D(_inputs(fake, batch["g_labels"], recipe), training=True))
-        grads = tape.gradient(g_loss, G.trainable_variables)
-        g_opt.apply_gradients(zip(grads, G.trainable_variables, strict=True))
-        out.update(d_loss=d_loss, g_loss=g_loss, d_real=scores[0], d_fake=scores[1])
+            d = run(lambda b, k=k: d_update(b, k), batch)
+            clip()
+        g_loss = run(g_update, batch)
+        if "gradient_penalty" in d:
+            out["gradient_penalty"] = d["gradient_penalty"]
+        out.update(d_loss=d["d_loss"], g_loss=g_loss, d_real=d["d_real"], d_fake=d["d_fake"])
         return out
 
-    return train_step
+    if strategy is None:
+        return train_step
+    return lambda batch: train_step(shard_batch(batch, strategy))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], strategy) -> Any:
+    """A `draw_batch` dict split into equal per-replica shards along the batch axis (axis 1 of
+    the per-D-update arrays, 0 of G's), so the replicas together see exactly the global batch
+    and its randomness: the label noise (real half, then generated half) is split half by half."""
+    from models.toolkit.distribute import shard
+
+    n = strategy.num_replicas_in_sync
+    k = batch["noise"].shape[0]
+
+    def one(ctx) -> dict[str, np.ndarray]:
+        r = ctx.replica_id_in_sync_group
+        out = {name: shard(batch[name], r, n, axis=1) for name in ("real", "labels", "z_d", "alpha")}
+        noise = shard(batch["noise"].reshape(k, 2, -1), r, n, axis=2)
+        out["noise"] = noise.reshape(k, -1)
+        out.update({name: shard(batch[name], r, n, axis=0) for name in ("z_g", "g_labels")})
+        return out
+
+    return strategy.experimental_distribute_values_from_function(one)
 
 
 def draw_batch(
@@ -230,17 +295,30 @@ def train_adversarial(
     log: Callable[[str], None] = print,
     jit_compile: bool = False,
     budget: Budget = NO_BUDGET,
+    replicas=None,
 ) -> dict[str, Any]:
-    """Train G against D for `steps` steps, resumably (see the module docstring), within `budget`."""
+    """Train G against D for `steps` steps, resumably (see the module docstring), within `budget`. With
+    `replicas` (models.toolkit.distribute.data_parallel; G, D and the optimizers created under
+    its scope) each step is split between the replicas (`make_train_step`)."""
+    from models.toolkit.distribute import synchronize_batch_norm
     from models.toolkit.training import model_variables, optimize_resumable
 
     check_images(x, y, "training images", recipe.num_classes)
     if batch_size < 1 or steps < 0:
         raise GdlError(f"batch_size must be >= 1 and steps >= 0 (got {batch_size}, {steps})")
+    distributed = replicas is not None and replicas.strategy is not None
+    if distributed:
+        if batch_size % replicas.count:
+            raise GdlError(f"batch_size={batch_size} is not divisible by replicas={replicas.count}")
+        # Batch statistics of the global batch: the networks one device would train.
+        synchronize_batch_norm(G, D)
+        if jit_compile:
+            log(f"jit_compile ignored: XLA does not compile a step split between {replicas.count} replicas")
     # Each optimiser is built on the variables it trains, so both can be checkpointed.
-    g_opt.build(G.trainable_variables)
-    d_opt.build(D.trainable_variables)
-    train_step = make_train_step(G, D, g_opt, d_opt, recipe, jit_compile)
+    with replicas.scope() if distributed else contextlib.nullcontext():
+        g_opt.build(G.trainable_variables)
+        d_opt.build(D.trainable_variables)
+    train_step = make_train_step(G, D, g_opt, d_opt, recipe, jit_compile, replicas if distributed else None)
 
     def step(i) -> Mapping[str, Any]:
         return train_step(draw_batch(x, y, recipe, batch_size, seed, int(i)))
@@ -259,6 +337,7 @@ def train_adversarial(
         log=log,
         label="step",
         budget=budget,
+        replicas=replicas,
     )
 
 

@@ -89,7 +89,17 @@ def sampling_and_vae_classes():
             z_mean, z_log_var = inputs
             self.draws.assign_add(1)
             seed = tf.stack([tf.constant(self.seed or 0, tf.int64), tf.cast(self.draws, tf.int64)])
-            epsilon = tf.random.stateless_normal(tf.shape(z_mean), seed=seed, dtype=z_mean.dtype)
+            replica = tf.distribute.get_replica_context()
+            if replica is None or replica.num_replicas_in_sync == 1:
+                epsilon = tf.random.stateless_normal(tf.shape(z_mean), seed=seed, dtype=z_mean.dtype)
+            else:
+                # Data-parallel: this replica's slice of the global batch's draw (equal shards),
+                # so R replicas add the noise one device would.
+                n, i = replica.num_replicas_in_sync, replica.replica_id_in_sync_group
+                local = tf.shape(z_mean)[0]
+                shape = tf.concat([[local * n], tf.shape(z_mean)[1:]], axis=0)
+                epsilon = tf.random.stateless_normal(shape, seed=seed, dtype=z_mean.dtype)
+                epsilon = epsilon[i * local : (i + 1) * local]
             return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 
         def get_config(self):
@@ -132,9 +142,13 @@ def sampling_and_vae_classes():
             import tensorflow as tf
 
             x = data[0] if isinstance(data, tuple) else data
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
             with tf.GradientTape() as tape:
                 loss, rec, kl = self._terms(x, training=True)
-            grads = tape.gradient(loss, self.trainable_weights)
+                # Data-parallel: each replica's mean is 1/R of the global batch's (equal
+                # shards), and the optimizer sums the replicas' gradients.
+                scaled = loss / replicas if replicas > 1 else loss
+            grads = tape.gradient(scaled, self.trainable_weights)
             self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
             return self._track(loss, rec, kl)
 

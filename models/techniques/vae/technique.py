@@ -39,7 +39,7 @@ import numpy as np
 
 from models.core.errors import GdlError
 from models.core.files import write_json_atomic
-from models.core.params import TechniqueParams, param, source_param
+from models.core.params import DataParallelParams, param, source_param
 from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.quality import Quality
 from models.reporting.report import Curve, Grid, Image, Note, Report, Table
@@ -71,7 +71,7 @@ FID_SCORE_FLOOR = 0.5  # the demo's floor on the prior samples' FID score
 VARIANT_BOOK = {"conv": "Chollet 8.4", "dense": "Vasilev"}
 
 
-class VAEParams(TechniqueParams):
+class VAEParams(DataParallelParams):
     source: str = source_param(
         "MNIST",
         remote="Keras' mnist.npz",
@@ -131,6 +131,9 @@ class VAEParams(TechniqueParams):
     )
     kid_subsets: int = param(50, "sample", "Random subsets KID averages over.", ge=1)
     kid_subset_size: int = param(1000, "sample", "Images per KID subset (capped at the smaller set).", ge=2)
+
+    def global_batch_size(self) -> int:
+        return book(self)["batch_size"]
 
 
 DEMO = {
@@ -215,6 +218,9 @@ def training_updates(p: VAEParams, inputs: Mapping[str, Path]) -> int:
 
 
 def train(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
+    import keras
+
+    from models.toolkit.distribute import data_parallel
     from models.toolkit.imagesets import image_set_info, load_image_set
     from models.toolkit.quality import classifier_predict, save_classifier, train_digits_classifier
     from models.toolkit.training import configure_runtime, fit_resumable
@@ -222,6 +228,7 @@ def train(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
     device = configure_runtime(
         p.device, p.mixed_precision, ctx.log, float32_only="the VAE's losses are computed in float32"
     )
+    replicas = data_parallel(p.replicas, device, book(p)["batch_size"])
     # A checkpoint is loaded before anything is built: its custom classes must be registered
     # first (a fresh process resuming, or re-running a complete slot, has not built a VAE yet).
     sampling_and_vae_classes()
@@ -237,6 +244,9 @@ def train(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
             f"(got {int(labelled.sum())} labelled images of shape {shape})"
         )
     settings = book(p)
+    # The epochs' shuffles depend on TensorFlow's global seed too: set it on resume as well
+    # (only building a new VAE did), or a resumed run in a fresh process shuffles otherwise.
+    keras.utils.set_random_seed(p.seed)
     result = fit_resumable(
         ckpt_dir=ctx.out,
         fingerprint=ctx.key,
@@ -249,6 +259,7 @@ def train(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
         progress=ctx.progress,
         log=ctx.log,
         budget=ctx.budget,
+        replicas=replicas,
     )
     history = result["history"]
     # The digits classifier whose features FID/KID compare: trained on the same training digits.
@@ -270,6 +281,8 @@ def train(p: VAEParams, ctx: StepContext) -> dict[str, Any]:
         "resumed_from_epoch": result["resumed_from"],
         "parameters": result["parameters"],
         "input_shape": [settings["batch_size"], *shape],
+        "replicas": result["replicas"],
+        "devices": result["devices"],
         **settings,
     }
     write_json_atomic(ctx.out / "metrics.json", {"final": final, "history": history})
