@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from models.core.errors import one_line
+from models.core.errors import GdlError, one_line
 from models.core.registry import techniques
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -111,7 +111,5 @@ def chosen(selected: list[str] | None) -> list[str]:
         return known
     unknown = sorted(set(selected) - set(known))
     if unknown:
-        from models.core.errors import GdlError
-
         raise GdlError(f"unknown technique(s): {', '.join(unknown)} (see gdl list)")
     return [name for name in known if name in selected]
