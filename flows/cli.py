@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
     from flows.config import check_all, overrides_from_cli, resolve_params
     from tasks.steps import project_root
 
-    overrides = overrides_from_cli(args.set or [])
+    overrides = overrides_from_cli(args.set or [], args.technique)
     # Reject bad input before any work (and before a Prefect server is started).
     if args.technique == "all":
         check_all(args.profile, overrides, args.rehearse)

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from models.core.errors import GdlError
+from models.core.errors import GdlError, echo
 from models.core.params import (
     active_profile,
     parse_overrides,
@@ -26,14 +26,21 @@ def params_path(root: Path | None = None) -> Path:
     return (root or project_root()) / PARAMS_FILE
 
 
-def overrides_from_cli(items: Iterable[str]) -> dict[str, Any]:
-    """`--set` items as a flat {"technique.param": value} mapping, keys checked."""
+def overrides_from_cli(items: Iterable[str], technique: str = "all") -> dict[str, Any]:
+    """`--set` items as a flat {"technique.param": value} mapping, keys checked: each names a
+    technique, and one that `technique` (what is run; `all`: every one) does not run is refused."""
     nested = parse_overrides(items)
     registry = techniques()
     for section in nested:
         if section not in registry:
             raise GdlError(
-                f"unknown parameter section {section!r} in --set; techniques: {', '.join(sorted(registry))}"
+                f"unknown parameter section {echo(section)} in --set; "
+                f"techniques: {', '.join(sorted(registry))}"
+            )
+        if technique != "all" and section != technique:
+            name = next(iter(nested[section]))
+            raise GdlError(
+                f"--set {section}.{name}: gdl run {technique} does not run {section} (it would be ignored)"
             )
     return {f"{s}.{k}": v for s, kv in nested.items() for k, v in kv.items()}
 

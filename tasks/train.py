@@ -9,13 +9,22 @@ from typing import Any
 from prefect import task
 
 from models.core.errors import BudgetReached
+from models.toolkit.training import Diverged
 from tasks._prefect import PERSISTED, artifact_key, in_run, logger, runner, step_cache_key
 from tasks.steps import Manifest
 
 # The state name of a run that stopped at its time budget: a kind of Completed, not a failure.
 INCOMPLETE = "Incomplete"
 
-run = runner("train", lambda t, p, ctx: t.train(p, ctx))
+
+def _train(t: Any, p: Any, ctx: Any) -> dict[str, Any]:
+    try:
+        return t.train(p, ctx)
+    except Diverged as exc:  # one line naming the technique and the step
+        raise Diverged(f"{t.name} train: {exc}") from None
+
+
+run = runner("train", _train)
 
 
 ARTIFACT_EVERY = 5.0  # seconds between progress artifact updates (the UI polls; 10 s at most)

@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from models.core.errors import GdlError
+from models.core.errors import GdlError, echo, one_line
 
 STEPS = ("download", "vectorize", "train", "sample", "publish")
 PROFILES = ("demo", "full")
@@ -155,7 +155,7 @@ def _describe_error(section: str, err: Mapping[str, Any]) -> str:
     loc = ".".join(str(p) for p in (section, *err["loc"]))
     if err["type"] == "extra_forbidden":
         return f"unknown parameter '{loc}'"
-    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+    return f"{loc}: {err['msg']} (got {echo(err.get('input'))})"
 
 
 # Renamed parameters, old name -> new name: a params.yaml section or `--set` that still uses an
@@ -209,9 +209,50 @@ _Yaml12Floats.add_implicit_resolver(
 )
 
 
-def load_yaml(text: str) -> Any:
-    """YAML as params.yaml and `--set` values are read (exponents without a dot are numbers)."""
-    return yaml.load(text, Loader=_Yaml12Floats)  # noqa: S506 (a SafeLoader subclass)
+class _NoAliases(_Yaml12Floats):
+    """A `--set` value: one value on a command line has no use for `*alias`, which lets 600 bytes
+    expand to millions of items ("billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise GdlError("YAML aliases (*name) are not accepted in a --set value")
+        return super().compose_node(parent, index)
+
+
+# The most items (collection entries) params.yaml may expand to with its aliases: the generated
+# file has about a thousand; a file of aliases nested ten deep would have billions.
+MAX_YAML_ITEMS = 100_000
+
+
+def _check_expansion(value: Any, where: str) -> None:
+    """Refuse a document whose aliases expand past MAX_YAML_ITEMS (walks at most that many)."""
+    todo, seen = [value], 0
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        else:
+            continue
+        seen += len(item)
+        if seen > MAX_YAML_ITEMS:
+            raise GdlError(f"{where} expands to more than {MAX_YAML_ITEMS} items (YAML aliases?)")
+
+
+def load_yaml(text: str, *, aliases: bool = True) -> Any:
+    """YAML as params.yaml and `--set` values are read (exponents without a dot are numbers);
+    `aliases=False` refuses `*alias` (GdlError)."""
+    return yaml.load(text, Loader=_Yaml12Floats if aliases else _NoAliases)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """PyYAML's report (several lines of marks) as one line: file:line:column: problem."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark else str(shown)
+    return one_line(f"{where}: {problem} (not valid YAML)")
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -221,11 +262,13 @@ def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         key, sep, raw = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not section or not name or "." in name:
-            raise GdlError(f"bad --set {item!r}: expected TECHNIQUE.PARAM=VALUE, e.g. text_lstm.epochs=3")
+            raise GdlError(f"bad --set {echo(item)}: expected TECHNIQUE.PARAM=VALUE, e.g. text_lstm.epochs=3")
         try:
-            value = load_yaml(raw) if raw.strip() else ""
+            value = load_yaml(raw, aliases=False) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except GdlError as exc:
+            raise GdlError(f"--set {echo(item)}: {exc}") from None
         out.setdefault(section, {})[name] = value
     return out
 
@@ -236,7 +279,8 @@ def read_params_file(path: Path) -> dict[str, Any]:
     try:
         data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise GdlError(f"{path} is not valid YAML: {exc}") from None
+        raise GdlError(_yaml_problem(path, exc)) from None
+    _check_expansion(data, str(path))
     if not isinstance(data, dict):
         raise GdlError(f"{path} must be a mapping with 'profile' and one section per profile")
     return data

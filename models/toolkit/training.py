@@ -45,6 +45,36 @@ PROGRESS_EVERY = 1.0  # seconds between progress(...) calls inside an epoch or a
 
 ProgressFn = Callable[[float, int, Mapping[str, float]], None]
 
+# A loss this many times the untrained model's (the first batch's) has diverged: a learning rate
+# of 1e30 gives 1e31, while a loss that trains goes down from there.
+DIVERGENCE_FACTOR = 1e3
+
+
+class Diverged(GdlError):
+    """Training diverged (a non-finite loss, or one that grew by orders of magnitude); the train
+    step names its technique in front of the message."""
+
+
+def _first_loss_callback(found: dict[str, float]):
+    """A Keras callback keeping the first batch's loss: the untrained model's, the reference
+    against which a loss that grows is divergence."""
+    import keras
+
+    class FirstLoss(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if "loss" not in found and logs and "loss" in logs:
+                found["loss"] = float(logs["loss"])
+
+    return FirstLoss()
+
+
+def _grown(result: Mapping[str, Any], first: float | None) -> dict[str, float]:
+    """The epoch's losses over DIVERGENCE_FACTOR times the first batch's loss."""
+    if not first or first <= 0:
+        return {}
+    losses = {k: float(v[-1]) for k, v in result.items() if k in ("loss", "val_loss")}
+    return {k: v for k, v in losses.items() if v > DIVERGENCE_FACTOR * first}
+
 
 def configure_runtime(
     device: str, mixed_precision: bool, log: Callable[[str], None], float32_only: str = ""
@@ -217,6 +247,7 @@ def fit_resumable(
             model = load_model(saved)
         start = int(state["epoch"])
         history: dict[str, list[float]] = state["history"]
+        first = dict(state.get("first_batch", {}))
         stopped = bool(state.get("stopped", False))
         log(f"resuming from epoch {start} of {epochs} ({saved.name})")
     else:
@@ -226,7 +257,7 @@ def fit_resumable(
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         with scope():
             model = build_model()
-        start, history, stopped = 0, {}, False
+        start, history, stopped, first = 0, {}, False, {}
 
     report = _Throttled(progress)
     for epoch in range(start, epochs if not stopped else start):
@@ -239,14 +270,26 @@ def fit_resumable(
             epochs=epoch + 1,
             verbose=0,
             shuffle=False,
-            callbacks=[_progress_callback(epoch, epochs, steps_per_epoch, report), *callbacks],
+            callbacks=[
+                _first_loss_callback(first),
+                _progress_callback(epoch, epochs, steps_per_epoch, report),
+                *callbacks,
+            ],
         ).history
         seconds = time.perf_counter() - t0
-        bad = {k: v[-1] for k, v in result.items() if not math.isfinite(float(v[-1]))}
+        bad = {k: f"{float(v[-1])}" for k, v in result.items() if not math.isfinite(float(v[-1]))}
+        grown = _grown(result, first.get("loss"))
+        bad.update(
+            {
+                k: f"{v:.3g} (over {DIVERGENCE_FACTOR:g}x the first batch's {first['loss']:.4g})"
+                for k, v in grown.items()
+            }
+        )
         if bad:
-            raise GdlError(
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
+            raise Diverged(
                 f"training diverged in epoch {epoch + 1}: {', '.join(f'{k}={v}' for k, v in bad.items())}; "
-                f"the checkpoint of epoch {epoch} is kept. Lower the learning rate and run again"
+                f"{kept}. Lower learning_rate and run again"
             )
         for name, values in result.items():
             history.setdefault(name, []).append(float(values[-1]))
@@ -269,6 +312,7 @@ def fit_resumable(
                 "fingerprint": fingerprint,
                 "history": history,
                 "stopped": stopped,
+                "first_batch": first,
             },
         )
         for old in ckpt_dir.glob("epoch-*.keras"):
@@ -445,7 +489,7 @@ def optimize_resumable(
         metrics = {k: float(v) for k, v in step(np.int64(i)).items()}
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         if bad:
-            raise GdlError(
+            raise Diverged(
                 f"optimisation diverged at {label} {i + 1}: {', '.join(f'{k}={v}' for k, v in bad.items())}; "
                 + (
                     f"the checkpoint of {label} {saved_at} is kept"
