@@ -61,7 +61,8 @@ def test_control_characters_in_a_value_are_escaped_not_echoed(project):
 
 
 def test_a_malformed_params_yaml_is_one_line_with_file_line_and_column(project):
-    (project / "params.yaml").write_text("profile: demo\ndemo:\n  text_lstm:\n    epochs: [3\n    maxlen: 4\n")
+    text = "profile: demo\ndemo:\n  text_lstm:\n    epochs: [3\n    maxlen: 4\n"
+    (project / "params.yaml").write_text(text)
     line = _one_error_line(gdl(project, "run", "text_lstm"))
     # PyYAML finds the unclosed flow sequence where `maxlen:` follows it: line 5, column 11.
     assert line.startswith("gdl: error: params.yaml:5:11: ")
