@@ -93,3 +93,23 @@ def test_a_loss_that_explodes_fails_the_train_step_and_publishes_nothing(project
     assert not (project / "data" / "published").exists()
     # No checkpoint of the diverged state: nothing a re-run would resume from or publish.
     assert not list((project / "data" / "checkpoints").rglob("*.keras"))
+
+
+def test_an_image_of_the_users_own_is_named_by_its_location_not_the_catalog_entry(project):
+    from PIL import Image
+
+    photo = project.parent / "my_photo.png"
+    Image.new("RGB", (120, 100), (200, 10, 10)).save(photo)
+    result = gdl(
+        project,
+        "run",
+        "deepdream",
+        "--set",
+        f"deepdream.image_source={photo}",
+        "--set",
+        "deepdream.max_pixels=5000",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("gdl: error:")]
+    assert f"gdl: error: image {photo} has 12000 pixels, over the limit of 5000 (max_pixels)" in line
+    assert "chelsea" not in line

@@ -105,6 +105,12 @@ def redact(location: str) -> str:
     return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
 
 
+def named_source(dataset: str, source: str) -> str:
+    """How a message names an input: the user's own location (redacted) when the source is
+    theirs, else the catalog entry in brackets: `(chelsea)`."""
+    return f"({dataset})" if source in ("remote", "offline") else redact(source)
+
+
 def mirror_location(dataset: Dataset) -> str | None:
     """Where GDL_MIRROR holds `dataset`'s remote file: the mirror base plus the remote's file
     name (`.../nietzsche.txt`); None without a mirror or a remote."""

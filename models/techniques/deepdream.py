@@ -235,16 +235,18 @@ def _ascent_step(features, layers: Mapping[str, float], border: int, step: float
 
 def vectorize(p: DeepDreamParams, ctx: StepContext) -> dict[str, Any]:
     from models.core.images import load_image, resize
+    from models.inputs.catalog import named_source
     from models.toolkit.backbones import MIN_SIDE
 
-    photo = load_image(ctx.inputs["image"], max_pixels=p.max_pixels, origin=f"image ({p.image})")
+    named = named_source(p.image, p.image_source)  # load_image's errors say "image <named> ..."
+    photo = load_image(ctx.inputs["image"], max_pixels=p.max_pixels, origin=named)
     if p.max_side:
         photo = resize(photo, max_side=p.max_side)
     smallest = octave_shapes(photo.shape[:2], p.num_octave, p.octave_scale)[0]
     need = MIN_SIDE[p.backbone]
     if min(smallest) < need:
         raise GdlError(
-            f"image ({p.image}) is {photo.shape[1]}x{photo.shape[0]} at the working size, so its smallest "
+            f"image {named} is {photo.shape[1]}x{photo.shape[0]} at the working size, so its smallest "
             f"octave is {smallest[1]}x{smallest[0]}; {p.backbone} needs at least {need} px a side: "
             f"use a larger image or max_side, or fewer octaves (num_octave={p.num_octave})"
         )

@@ -172,9 +172,10 @@ def vectorize(p: FastStyleTransferParams, ctx: StepContext) -> dict[str, Any]:
         photo = resize(image, height=p.photo_side) if h <= w else resize(image, width=p.photo_side)
         np.save(ctx.out / PHOTOS / f"photo_{i:06d}.npy", photo, allow_pickle=False)
         ctx.progress(i + 1, len(files), {})
-    style = load_image(
-        ctx.inputs["style"], max_pixels=p.max_pixels, origin=f"style image {ctx.inputs['style'].name}"
-    )
+    from models.inputs.catalog import named_source
+
+    shown = f"style image {named_source(p.style, p.style_source)}"
+    style = load_image(ctx.inputs["style"], max_pixels=p.max_pixels, origin=shown)
     side = min(style.shape[:2])
     style = resize(center_crop(style, side, side), size=(p.image_size, p.image_size))
     np.save(ctx.out / STYLE, style, allow_pickle=False)

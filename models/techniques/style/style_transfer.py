@@ -181,20 +181,26 @@ def loss_weights(p: Any) -> LossWeights:
 
 
 def load_pair(
-    content_path: Path, style_path: Path, height: int, max_pixels: int
+    content_path: Path, style_path: Path, height: int, max_pixels: int, names: tuple[str, str] = ("", "")
 ) -> tuple[np.ndarray, np.ndarray]:
     """The content image at `height` (width by aspect ratio) and the style image resized to the
-    same size (the book's `target_size`), both uint8 RGB."""
+    same size (the book's `target_size`), both uint8 RGB. `names`: how errors name the two
+    (default: their file names)."""
     from models.core.images import load_image, resize
 
-    content = load_image(content_path, max_pixels=max_pixels, origin=f"content image {content_path.name}")
-    style = load_image(style_path, max_pixels=max_pixels, origin=f"style image {style_path.name}")
+    content = load_image(
+        content_path, max_pixels=max_pixels, origin=f"content image {names[0] or content_path.name}"
+    )
+    style = load_image(style_path, max_pixels=max_pixels, origin=f"style image {names[1] or style_path.name}")
     content = resize(content, height=height)
     return content, resize(style, size=content.shape[:2])
 
 
 def vectorize(p: StyleTransferParams, ctx: StepContext) -> dict[str, Any]:
-    content, style = load_pair(ctx.inputs["content"], ctx.inputs["style"], p.height, p.max_pixels)
+    from models.inputs.catalog import named_source
+
+    names = (named_source(p.content, p.content_source), named_source(p.style, p.style_source))
+    content, style = load_pair(ctx.inputs["content"], ctx.inputs["style"], p.height, p.max_pixels, names)
     np.save(ctx.out / CONTENT, content, allow_pickle=False)
     np.save(ctx.out / STYLE, style, allow_pickle=False)
     return {"height": int(content.shape[0]), "width": int(content.shape[1])}
