@@ -113,3 +113,14 @@ def test_an_image_of_the_users_own_is_named_by_its_location_not_the_catalog_entr
     [line] = [x for x in result.stderr.splitlines() if x.startswith("gdl: error:")]
     assert f"gdl: error: image {photo} has 12000 pixels, over the limit of 5000 (max_pixels)" in line
     assert "chelsea" not in line
+
+
+def test_an_image_set_too_small_for_its_held_out_split_fails_at_vectorize_naming_both(project):
+    # 6 images with held_out 0.1: one held-out image, which FID and KID at sample cannot score.
+    result = gdl(project, "run", "vae", "--set", "vae.limit=6", "--set", "vae.held_out=0.1")
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("gdl: error:")]
+    assert "gdl: error: dataset mnist: held_out=0.1 of its 6 images is 1;" in line
+    assert "at least 2" in line
+    assert "Task run 'vectorize" in result.stderr and "Task run 'train" not in result.stderr
+    assert not (project / "data" / "checkpoints").exists()

@@ -28,6 +28,8 @@ from models.core.files import npz_bytes, read_json, write_bytes_atomic, write_js
 ValueRange = Literal["tanh", "unit"]
 VALUE_RANGES = ("tanh", "unit")
 SPLITS = ("train", "heldout")
+# The fewest held-out images: the sample step's FID and KID fit statistics to at least two.
+MIN_HELD_OUT = 2
 META = "imageset.json"
 NO_LABEL = -1
 RESAMPLE = "bicubic"  # Pillow's bicubic is antialiased when shrinking: one fixed filter for every set
@@ -234,6 +236,13 @@ def vectorize_image_set(
         raise GdlError(f"dataset {dataset} at {Path(path).name} holds no images{what}")
     order = keep[np.random.default_rng(seed).permutation(len(keep))][:limit]
     n_held = max(1, int(round(len(order) * heldout)))
+    if n_held < MIN_HELD_OUT:
+        raise GdlError(
+            f"dataset {dataset}: held_out={heldout:g} of its {len(order)} images is {n_held}; "
+            "the sample step scores against the held-out split (FID, KID) and needs at least "
+            f"{MIN_HELD_OUT} images in it: "
+            "raise held_out or limit, or use a larger image set"
+        )
     if len(order) - n_held < 1:
         raise GdlError(
             f"dataset {dataset}: {len(order)} images leave none to train on with heldout={heldout}"
