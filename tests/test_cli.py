@@ -117,3 +117,42 @@ def test_a_stop_signal_that_a_library_swallows_is_delivered_again_until_gdl_is_d
         stop.finish()
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("command", ["list", "params"])
+def test_a_reader_that_goes_away_ends_gdl_quietly_as_git_does(project, command):
+    """`gdl list | head -1`: once the pipe's reader is gone, gdl stops without a traceback and
+    exits 141 (128 + SIGPIPE), the status a shell sees from git or ls in the same place."""
+    import os
+    import subprocess
+
+    from conftest import BIN, cli_env
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone, so the first write finds the pipe broken
+    try:
+        closed = subprocess.run(
+            [str(BIN / "gdl"), command],
+            cwd=project,
+            env=cli_env(project),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (closed.returncode, closed.stderr) == (141, "")
+    # Through a shell, as users type it (whether the reader is gone before gdl's last write is a
+    # race: 0 when it was not, 141 when it was; never a traceback).
+    shell = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"gdl {command} | head -1"],
+        cwd=project,
+        env=cli_env(project),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shell.stderr == ""
+    assert len(shell.stdout.splitlines()) == 1
+    assert shell.returncode in (0, 141)
