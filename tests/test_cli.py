@@ -50,6 +50,19 @@ def test_bad_input_fails_in_one_line_before_any_work(project, args, message):
     assert not (project / "data").exists()
 
 
+def test_a_publish_folder_that_is_a_file_fails_the_run_in_one_line_before_any_work(project):
+    from conftest import cli_env
+
+    a_file = project / "published"
+    a_file.write_text("not a folder")
+    result = gdl(project, "run", "text_lstm", env=cli_env(project, GDL_PUBLISH_DIR=str(a_file)))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"gdl: error: GDL_PUBLISH_DIR='{a_file}': expected a folder, but it is a file"
+    ]
+    assert not (project / "data").exists() and a_file.read_text() == "not a folder"
+
+
 def test_a_dataset_dvc_yaml_does_not_track_is_refused_by_the_stage(project):
     import shutil
 
