@@ -112,3 +112,31 @@ def test_a_write_that_runs_out_of_room_is_one_line_and_leaves_the_old_file_whole
     assert str(caught.value) == f"cannot write {target}: file size limit reached"
     assert target.read_bytes() == b"old and whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no hidden temp left
+
+
+def test_a_step_whose_own_writes_find_no_room_fails_in_one_line_leaving_nothing(project):
+    """text_lstm's vectorize writes its corpus with np.save: past a 64-byte file size limit (a real
+    EFBIG, as a full disk gives ENOSPC) the step fails in one line naming its output folder, and
+    neither the slot nor a hidden staging folder is left."""
+    import resource
+    import signal
+
+    from flows.config import resolve_params
+    from tasks import download, vectorize
+
+    params = resolve_params("text_lstm", None, {})
+    raw = download.run("text_lstm", params, {})
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, limits[1]))
+    try:
+        with pytest.raises(GdlError) as caught:
+            vectorize.run("text_lstm", params, {"download": raw})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    message = str(caught.value)
+    assert message.startswith("cannot write ") and message.endswith(": file size limit reached")
+    slots = project / "data" / "processed" / "text_lstm"
+    assert message.split()[2].rstrip(":").startswith(str(slots))
+    assert [p.name for p in slots.rglob("*") if not p.name.endswith("gdl-lock")] == []
