@@ -39,6 +39,12 @@ def test_list_prints_each_technique_name_first(project):
         (["run", "text_lstm", "--set", "text_lstm.bogus=1"], "unknown parameter 'text_lstm.bogus'"),
         (["run", "all", "--set", "text_lstm.maxlen=-1"], "text_lstm.maxlen"),
         (["stage", "nope", "train"], "unknown technique 'nope'"),
+        (
+            ["run", "dcgan", "--set", "dcgan.latent_dim=2147483647"],
+            "dcgan: latent_dim=2147483647 and batch_size=",
+        ),
+        (["run", "dcgan", "--set", "dcgan.batch_size=2147483647"], "and batch_size=2147483647 need at least"),
+        (["run", "all", "--set", "wgan_gp.batch_size=2147483647"], "wgan_gp: latent_dim="),
         (["run", "gan", "--set", "gan.batch_size=30", "--set", "gan.replicas=4"], "gan.batch_size=30 is not"),
     ],
 )
