@@ -374,6 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (`gdl list | head -1`), as opposed to a
+    broken socket somewhere in the work, which stays an error."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush finds nothing to complain of."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -383,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         if argv is None and not settings().native_logs:  # the program, not a test's call
             quiet_native_stderr()
         code = args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        if not _reader_gone():
+            raise
+        _quiet_stdout()
+        return 141  # as git and ls end when their reader goes (128 + SIGPIPE)
     except GdlError as exc:
         print(f"gdl: error: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ from models.core.files import (
     write_json_atomic,
 )
 from models.core.registry import get
-from models.core.settings import settings
+from models.core.settings import folder_problem, settings
 from models.inputs.catalog import redact
 from models.inputs.s3 import s3_client, s3_error_text, s3_error_transient
 from models.reporting.gallery import GALLERY, collect_runs, local_runs, render_gallery
@@ -188,6 +188,9 @@ class Target:
         if prefix:
             safe_relpath(prefix, "S3 prefix")
         local = current.publish_dir or data_dir() / "published"
+        problem = None if current.s3_bucket else folder_problem(local)
+        if problem:  # the setting was checked when read: this is a change since, or the default
+            raise GdlError(f"cannot publish to the folder {local}: {problem}")
         return cls(current.s3_bucket, prefix, local)
 
     def describe(self) -> str:

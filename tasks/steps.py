@@ -44,6 +44,7 @@ from models.core.files import (
     safe_relpath,
     staging_dir,
     write_json_atomic,
+    writing,
 )
 from models.core.registry import StepContext, Technique, get
 from models.core.settings import settings
@@ -459,9 +460,10 @@ def execute(
         started = time.time()
         if step in RESUMABLE:
             out.mkdir(parents=True, exist_ok=True)
-            summary = body(t, p, context(out))
+            with writing(out):  # a full disk in the technique's own writes: one line
+                summary = body(t, p, context(out))
             return _finish(root, technique, step, key, out, out, summary, started, info())
-        with staging_dir(out, sweep=True) as tmp:
+        with staging_dir(out, sweep=True) as tmp, writing(out):
             summary = body(t, p, context(tmp))
             manifest = _finish(root, technique, step, key, tmp, out, summary, started, info())
             replace_dir(tmp, out)

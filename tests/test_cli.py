@@ -39,6 +39,12 @@ def test_list_prints_each_technique_name_first(project):
         (["run", "text_lstm", "--set", "text_lstm.bogus=1"], "unknown parameter 'text_lstm.bogus'"),
         (["run", "all", "--set", "text_lstm.maxlen=-1"], "text_lstm.maxlen"),
         (["stage", "nope", "train"], "unknown technique 'nope'"),
+        (
+            ["run", "dcgan", "--set", "dcgan.latent_dim=2147483647"],
+            "dcgan: latent_dim=2147483647 and batch_size=",
+        ),
+        (["run", "dcgan", "--set", "dcgan.batch_size=2147483647"], "and batch_size=2147483647 need at least"),
+        (["run", "all", "--set", "wgan_gp.batch_size=2147483647"], "wgan_gp: latent_dim="),
         (["run", "gan", "--set", "gan.batch_size=30", "--set", "gan.replicas=4"], "gan.batch_size=30 is not"),
     ],
 )
@@ -48,6 +54,19 @@ def test_bad_input_fails_in_one_line_before_any_work(project, args, message):
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gdl: error:") and message in err[0]
     assert not (project / "data").exists()
+
+
+def test_a_publish_folder_that_is_a_file_fails_the_run_in_one_line_before_any_work(project):
+    from conftest import cli_env
+
+    a_file = project / "published"
+    a_file.write_text("not a folder")
+    result = gdl(project, "run", "text_lstm", env=cli_env(project, GDL_PUBLISH_DIR=str(a_file)))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"gdl: error: GDL_PUBLISH_DIR='{a_file}': expected a folder, but it is a file"
+    ]
+    assert not (project / "data").exists() and a_file.read_text() == "not a folder"
 
 
 def test_a_dataset_dvc_yaml_does_not_track_is_refused_by_the_stage(project):
@@ -117,3 +136,42 @@ def test_a_stop_signal_that_a_library_swallows_is_delivered_again_until_gdl_is_d
         stop.finish()
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("command", ["list", "params"])
+def test_a_reader_that_goes_away_ends_gdl_quietly_as_git_does(project, command):
+    """`gdl list | head -1`: once the pipe's reader is gone, gdl stops without a traceback and
+    exits 141 (128 + SIGPIPE), the status a shell sees from git or ls in the same place."""
+    import os
+    import subprocess
+
+    from conftest import BIN, cli_env
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone, so the first write finds the pipe broken
+    try:
+        closed = subprocess.run(
+            [str(BIN / "gdl"), command],
+            cwd=project,
+            env=cli_env(project),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (closed.returncode, closed.stderr) == (141, "")
+    # Through a shell, as users type it (whether the reader is gone before gdl's last write is a
+    # race: 0 when it was not, 141 when it was; never a traceback).
+    shell = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"gdl {command} | head -1"],
+        cwd=project,
+        env=cli_env(project),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shell.stderr == ""
+    assert len(shell.stdout.splitlines()) == 1
+    assert shell.returncode in (0, 141)

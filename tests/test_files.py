@@ -88,3 +88,55 @@ def test_numbered_files_come_back_in_order_of_their_numbers(tmp_path):
     ]
     assert [n for n, _ in numbered_files(tmp_path, "epoch", ".weights.h5")] == [7]
     assert numbered_files(tmp_path / "missing", "step") == []
+
+
+def test_a_write_that_runs_out_of_room_is_one_line_and_leaves_the_old_file_whole(tmp_path):
+    """A real write failure, not a patched one: RLIMIT_FSIZE makes writes past 4 kB fail (EFBIG)
+    as a full disk (ENOSPC) does, at the same place."""
+    import resource
+    import signal
+
+    from models.core.files import write_bytes_atomic
+
+    target = tmp_path / "state.json"
+    target.write_bytes(b"old and whole")
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+    try:
+        with pytest.raises(GdlError) as caught:
+            write_bytes_atomic(target, b"x" * 100_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert str(caught.value) == f"cannot write {target}: file size limit reached"
+    assert target.read_bytes() == b"old and whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no hidden temp left
+
+
+def test_a_step_whose_own_writes_find_no_room_fails_in_one_line_leaving_nothing(project):
+    """text_lstm's vectorize writes its corpus with np.save: past a 64-byte file size limit (a real
+    EFBIG, as a full disk gives ENOSPC) the step fails in one line naming its output folder, and
+    neither the slot nor a hidden staging folder is left."""
+    import resource
+    import signal
+
+    from flows.config import resolve_params
+    from tasks import download, vectorize
+
+    params = resolve_params("text_lstm", None, {})
+    raw = download.run("text_lstm", params, {})
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, limits[1]))
+    try:
+        with pytest.raises(GdlError) as caught:
+            vectorize.run("text_lstm", params, {"download": raw})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    message = str(caught.value)
+    assert message.startswith("cannot write ") and message.endswith(": file size limit reached")
+    slots = project / "data" / "processed" / "text_lstm"
+    assert message.split()[2].rstrip(":").startswith(str(slots))
+    assert [p.name for p in slots.rglob("*") if not p.name.endswith("gdl-lock")] == []

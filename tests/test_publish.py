@@ -126,6 +126,19 @@ def test_outage_mid_publish_never_moves_latest_to_a_partial_run(
     assert latest["run_id"] == first_id
 
 
+def test_a_publish_folder_replaced_by_a_file_since_it_was_checked_fails_in_one_line(
+    project, steps, monkeypatch
+):
+    folder = project / "published-here"
+    monkeypatch.setenv("GDL_PUBLISH_DIR", str(folder))
+    publish.settings()  # read (and checked) while the folder could still be made
+    folder.write_text("a file now")
+    with pytest.raises(GdlError) as caught:
+        publish.run("text_lstm", steps["params"], steps["upstream"])
+    assert str(caught.value) == f"cannot publish to the folder {folder}: it is a file"
+    assert folder.read_text() == "a file now"
+
+
 @pytest.mark.parametrize("bad", ["../etc/passwd", "/abs", "a//b", "a/./b", "a/../../b", "x\\y"])
 def test_hostile_keys_and_names_are_refused(bad):
     with pytest.raises(GdlError):

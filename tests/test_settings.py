@@ -57,6 +57,28 @@ def test_a_bad_value_is_a_one_line_error_naming_the_variable(monkeypatch, name, 
     assert message.startswith(expected) and "\n" not in message
 
 
+def test_a_publish_folder_that_is_a_file_is_refused_naming_the_variable(monkeypatch, tmp_path):
+    monkeypatch.delenv("GDL_S3_BUCKET", raising=False)
+    a_file = tmp_path / "published"
+    a_file.write_text("not a folder")
+    for value, expected in [
+        (a_file, f"GDL_PUBLISH_DIR='{a_file}': expected a folder, but it is a file"),
+        (
+            a_file / "sub",
+            f"GDL_PUBLISH_DIR='{a_file / 'sub'}': expected a folder, but {a_file} on its way is a file",
+        ),
+    ]:
+        monkeypatch.setenv("GDL_PUBLISH_DIR", str(value))
+        with pytest.raises(GdlError) as caught:
+            settings()
+        assert str(caught.value) == expected
+    monkeypatch.setenv("GDL_PUBLISH_DIR", str(tmp_path / "new" / "folder"))  # made when publishing
+    assert settings().publish_dir == tmp_path / "new" / "folder"
+    monkeypatch.setenv("GDL_PUBLISH_DIR", str(a_file))
+    monkeypatch.setenv("GDL_S3_BUCKET", "b")  # with a bucket the folder is not used
+    assert settings().publish_dir == a_file
+
+
 def test_a_bad_value_fails_the_cli_in_one_line(monkeypatch, capsys):
     from flows.cli import main
 

@@ -289,3 +289,49 @@ def test_two_networks_with_two_optimizers_resume_to_the_same_weights(tmp_path):
     assert straight.keys() == resumed.keys()
     for name in straight:
         np.testing.assert_allclose(resumed[name], straight[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_a_checkpoint_that_finds_no_room_is_one_line_leaves_no_partial_file_and_resumes(tmp_path):
+    """A real failing write: from epoch 2 on, RLIMIT_FSIZE stops files at 1 kB (EFBIG, where a
+    full disk gives ENOSPC). The epoch-2 checkpoint fails in one line, leaves no hidden partial
+    file, state.json still names epoch 1's, and a run with room resumes from it."""
+    import resource
+
+    import keras
+    import tensorflow as tf
+
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    class DiskFillsUp(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == 2:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limits[1]))
+
+    def build():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        return model
+
+    def data(epoch):
+        return tf.data.Dataset.from_tensor_slices(
+            (np.ones((8, 2), "float32"), np.ones((8, 1), "float32"))
+        ).batch(4)
+
+    def fit(callbacks):
+        return fit_resumable(
+            ckpt_dir=tmp_path, fingerprint="k", epochs=3, build_model=build, train_data=data, val_data=None,
+            samples_per_epoch=8, callbacks=callbacks, progress=lambda *a: None, log=lambda m: None,
+        )  # fmt: skip
+
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        with pytest.raises(GdlError) as caught:
+            fit([DiskFillsUp()])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert str(caught.value) == f"cannot write {tmp_path / 'epoch-0002.keras'}: file size limit reached"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.keras", "state.json"]
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
+    again = fit([])
+    assert again["resumed_from"] == 1 and len(again["history"]["loss"]) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -62,21 +63,44 @@ def safe_relpath(rel: str, what: str = "path") -> str:
     return rel
 
 
+# Why a write failed, for the errors a user fixes on the machine, not in gdl.
+NO_ROOM = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit reached",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
+
+
+@contextlib.contextmanager
+def writing(path: Path, tmp: Path | str | None = None) -> Iterator[None]:
+    """Around a write of `path` (through `tmp`, removed on any error): a full disk, a quota, a
+    read-only or forbidden folder becomes one line naming the path and the reason."""
+    try:
+        yield
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        reason = NO_ROOM.get(exc.errno) if isinstance(exc, OSError) else None
+        if reason is None:
+            raise
+        raise GdlError(f"cannot write {path}: {reason}") from None
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write via a temp file in the same directory and rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path, tmp):
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide published files from a web server
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def npz_bytes(arrays: Mapping[str, Any]) -> bytes:

@@ -194,6 +194,11 @@ def validate(section: str, model: type[TechniqueParams], values: Mapping[str, An
         raise GdlError(f"invalid parameters: {problems}") from None
     if isinstance(params, DataParallelParams):
         params.check_replicas(section)
+    floor = getattr(params, "memory_floor", None)
+    if floor is not None:  # sizes the machine cannot hold: refused before any work
+        from models.core.memory import check_memory
+
+        check_memory(section, *floor())
     return params
 
 

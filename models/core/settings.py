@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -129,6 +129,15 @@ class Settings(BaseSettings):
                 raise ValueError("a mirror is a base location, without ?query or #fragment")
         return value
 
+    @field_validator("publish_dir")
+    @classmethod
+    def _a_folder(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("s3_bucket") is None:  # with a bucket it is unused
+            problem = folder_problem(value)
+            if problem:
+                raise ValueError(f"expected a folder, but {problem}")
+        return value
+
     @field_validator("shared_storage")
     @classmethod
     def _s3_url(cls, value: str | None) -> str | None:
@@ -137,6 +146,18 @@ class Settings(BaseSettings):
             if parsed.scheme != "s3" or not parsed.netloc:
                 raise ValueError("expected s3://bucket/prefix")
         return value
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be (or become) a folder, or None: it is a file, or a file stands where
+    one of its parents would be."""
+    for where in (path, *path.parents):
+        if where.is_dir():
+            return None
+        if where.exists() or where.is_symlink():
+            what = "a file" if where.is_file() else "not a folder"
+            return f"it is {what}" if where == path else f"{where} on its way is {what}"
+    return None
 
 
 def env_name(field: str) -> str:

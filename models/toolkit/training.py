@@ -34,7 +34,7 @@ import numpy as np
 
 from models.core.budget import NO_BUDGET, Budget
 from models.core.errors import GdlError
-from models.core.files import npz_bytes, read_json, write_bytes_atomic, write_json_atomic
+from models.core.files import npz_bytes, read_json, write_bytes_atomic, write_json_atomic, writing
 
 if TYPE_CHECKING:
     from models.toolkit.distribute import Replicas
@@ -299,8 +299,11 @@ def fit_resumable(
         # leaves state.json pointing at a checkpoint of exactly the epochs it counts.
         name = f"epoch-{epoch + 1:04d}.keras"
         tmp = ckpt_dir / f".{name}.{os.getpid()}.tmp.keras"
-        model.save(tmp)
-        os.replace(tmp, ckpt_dir / name)
+        with writing(ckpt_dir / name, tmp):  # a full disk: one line, no half-written file left
+            model.save(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, ckpt_dir / name)
         # A callback that stops training (EarlyStopping and the like) stops it for good: the
         # decision is recorded, so a re-run does not train on.
         stopped = bool(getattr(model, "stop_training", False))

@@ -15,6 +15,7 @@ import numpy as np
 
 from models.core.errors import GdlError
 from models.core.files import numbered_files, numbered_name
+from models.core.memory import FLOAT
 from models.core.params import DataParallelParams, param, source_param, weights_source_param
 from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.quality import Check, Quality
@@ -119,6 +120,15 @@ class GanParams(DataParallelParams):
     def quality_record(self, m: Mapping[str, Any]) -> Quality:
         """The run's quality record from the sample step's metrics."""
         raise NotImplementedError
+
+    def memory_floor(self) -> tuple[int, dict[str, int]]:
+        """Bytes a training step needs at the least (models/core/memory.py): the batch of latent
+        vectors and of images, and the generator's first layer (at least one unit per latent
+        dimension) with its gradient and two optimizer slots."""
+        side = self.image_size or (8 if self.DIGITS else 1)  # the smallest digits set: 8x8
+        pixels = side * side * (1 if self.DIGITS else 3)
+        needed = FLOAT * (self.batch_size * (self.latent_dim + pixels) + 4 * self.latent_dim)
+        return needed, {"latent_dim": self.latent_dim, "batch_size": self.batch_size}
 
 
 class DigitsParams(GanParams):
