@@ -3,7 +3,10 @@
 Both train the same networks (the same initial weights) on the same batch size:
   book      generator.predict(noise), D.train_on_batch on the real batch and on the generated
             batch, then the combined model's (G -> frozen D) train_on_batch: four Keras calls, two
-            host round trips of images per step (Vasilev's and the Cookbook's loops)
+            host round trips of images per step (Vasilev's and the Cookbook's loops). The books
+            freeze D in the combined model; Keras 3 reads `trainable` when a model's train
+            function is first traced (not at compile), so D is frozen for the combined model's
+            first call, and the warm-up checks that D's weights stay unchanged by it.
   compiled  make_train_step (models/techniques/gan/): D's and G's updates in one tf.function,
             with the batch's randomness drawn on the host (draw_batch) as the pipeline does
 Each is timed over `--steps` steps after untimed warm-up steps (tracing, Keras' own compilation).
@@ -39,7 +42,12 @@ def networks(arch: str, shape, latent_dim: int, width: float, seed: int):
 
 
 def book_loop(G, D, x: np.ndarray, latent_dim: int, batch: int, lr: float):
-    """The books' loop: D compiled on its own, then frozen inside a compiled combined model."""
+    """The books' loop: D compiled on its own, then frozen inside a compiled combined model.
+
+    Keras 2 fixed the trainable weights at compile(); Keras 3 fixes them when the train
+    function is traced, at its first call. So D stays frozen until the combined model's first
+    train_on_batch has traced, then is unfrozen for its own updates: the books' intent, kept.
+    `step(i, check=True)` raises if the combined update changed any of D's weights."""
     import keras
 
     D.compile(optimizer=make_optimizer("adam", lr, 0.5, 0.999, None), loss="binary_crossentropy")
@@ -47,18 +55,31 @@ def book_loop(G, D, x: np.ndarray, latent_dim: int, batch: int, lr: float):
     z = keras.Input((latent_dim,))
     combined = keras.Model(z, D(G(z)))
     combined.compile(optimizer=make_optimizer("adam", lr, 0.5, 0.999, None), loss="binary_crossentropy")
-    D.trainable = True  # D's own train_on_batch trains it (Keras 3: trainability fixed per compile)
+    traced = []
     rng = np.random.default_rng(0)
     real_y, fake_y = np.ones((batch, 1), np.float32), np.zeros((batch, 1), np.float32)
 
-    def step(_):
+    def step(_, check: bool = False):
         real = x[rng.integers(0, len(x), batch)]
         noise = rng.standard_normal((batch, latent_dim), dtype=np.float32)
         fake = G.predict(noise, verbose=0)
+        if not traced:
+            D.trainable = True  # D's own train function is traced with D trainable
         d_real = D.train_on_batch(real, real_y)
         d_fake = D.train_on_batch(fake, fake_y)
+        if not traced:
+            D.trainable = False  # ... and the combined model's with D frozen (the books' intent)
         noise = rng.standard_normal((batch, latent_dim), dtype=np.float32)
+        before = [w.numpy().copy() for w in D.weights] if check or not traced else None
         g_loss = combined.train_on_batch(noise, real_y)
+        if before is not None:
+            pairs = zip(D.weights, before, strict=True)
+            changed = [w.path for w, b in pairs if not np.array_equal(w.numpy(), b)]
+            if changed:
+                raise SystemExit(f"book loop: the combined update changed D's weights ({', '.join(changed)})")
+        if not traced:
+            D.trainable = True
+            traced.append(True)
         return float(np.mean([d_real, d_fake])), float(g_loss)
 
     return step
@@ -77,9 +98,9 @@ def compiled_loop(G, D, x: np.ndarray, latent_dim: int, batch: int, lr: float):
     return step
 
 
-def timed(step, steps: int) -> float:
+def timed(step, steps: int, **warmup) -> float:
     for i in range(WARMUP):
-        step(i)
+        step(i, **warmup)
     t0 = time.perf_counter()
     for i in range(steps):
         step(WARMUP + i)
@@ -105,7 +126,9 @@ def main() -> None:
     params = G.count_params() + D.count_params()
     compiled_s = timed(compiled_loop(G, D, x, args.latent_dim, args.batch, lr), args.steps)
     G, D = networks(args.arch, shape, args.latent_dim, args.width, 0)
-    book_s = timed(book_loop(G, D, x, args.latent_dim, args.batch, lr), args.steps)
+    book = book_loop(G, D, x, args.latent_dim, args.batch, lr)
+    book_s = timed(book, args.steps, check=True)  # the warm-up checks D stays frozen
+    book(0, check=True)  # ... and once more after the timed steps
     print(f"{args.arch} x{args.width} ({params} parameters), batch {args.batch}, {args.side}x{args.side}")
     print(f"book loop:     {args.steps / book_s:.1f} steps/s ({1000 * book_s / args.steps:.0f} ms/step)")
     print(
