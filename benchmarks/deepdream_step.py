@@ -88,9 +88,9 @@ def main() -> None:
     images = [resize_float(x, s) for s in shapes]
     print(f"{described}; octaves {shapes}, {args.steps} steps each")
 
-    compiled = make_ascent_step(features, layers, 2, DEMO["step"])
+    compiled = make_ascent_step(features, layers, 2, DEMO["step_size"])
     compiled_s, compiled_ends = run(compiled, images, args.steps)
-    eager_s, eager_ends = run(eager_step(features, layers, 2, DEMO["step"]), images, args.steps)
+    eager_s, eager_ends = run(eager_step(features, layers, 2, DEMO["step_size"]), images, args.steps)
     n = args.steps * len(images)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(compiled_ends, eager_ends, strict=True))
     mean_diff = float(np.mean([np.abs(a - b).mean() for a, b in zip(compiled_ends, eager_ends, strict=True)]))
