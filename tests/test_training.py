@@ -169,7 +169,9 @@ def test_non_finite_loss_stops_with_a_clear_error_keeping_the_last_checkpoint(tm
     assert json.loads((tmp_path / "state.json").read_text())["iteration"] == 5
 
 
-def test_fit_stops_on_a_nan_loss_naming_the_epoch(tmp_path):
+def _tiny_fit(ckpt, epochs, callbacks=(), label=lambda epoch: 1.0):
+    """fit_resumable on a one-Dense-layer model and 8 constant samples; `label(epoch)` is the
+    target value of that epoch's data (NaN makes the loss NaN)."""
     import keras
     import tensorflow as tf
 
@@ -180,41 +182,31 @@ def test_fit_stops_on_a_nan_loss_naming_the_epoch(tmp_path):
 
     def data(epoch):
         x = np.ones((8, 2), "float32")
-        y = np.full((8, 1), np.nan if epoch == 1 else 1.0, "float32")
+        y = np.full((8, 1), label(epoch), "float32")
         return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
 
+    return fit_resumable(
+        ckpt_dir=ckpt, fingerprint="k", epochs=epochs, build_model=build, train_data=data, val_data=None,
+        samples_per_epoch=8, callbacks=list(callbacks), progress=lambda *a: None, log=lambda m: None,
+    )  # fmt: skip
+
+
+def test_fit_stops_on_a_nan_loss_naming_the_epoch(tmp_path):
     with pytest.raises(GdlError, match="training diverged in epoch 2: loss=nan"):
-        fit_resumable(
-            ckpt_dir=tmp_path, fingerprint="k", epochs=3, build_model=build, train_data=data,
-            val_data=None, samples_per_epoch=8, progress=lambda *a: None, log=lambda m: None,
-        )  # fmt: skip
+        _tiny_fit(tmp_path, 3, label=lambda epoch: np.nan if epoch == 1 else 1.0)
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
 
 
 def test_a_callback_that_stops_training_stops_it_for_good(tmp_path):
     import keras
-    import tensorflow as tf
 
     class StopAfterTwo(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch + 1 == 2:
                 self.model.stop_training = True
 
-    def build():
-        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-        model.compile(optimizer="sgd", loss="mse")
-        return model
-
-    def data(epoch):
-        return tf.data.Dataset.from_tensor_slices(
-            (np.ones((8, 2), "float32"), np.ones((8, 1), "float32"))
-        ).batch(4)
-
     def fit(callbacks):
-        return fit_resumable(
-            ckpt_dir=tmp_path, fingerprint="k", epochs=5, build_model=build, train_data=data, val_data=None,
-            samples_per_epoch=8, callbacks=callbacks, progress=lambda *a: None, log=lambda m: None,
-        )  # fmt: skip
+        return _tiny_fit(tmp_path, 5, callbacks)
 
     first = fit([StopAfterTwo()])
     assert first["stopped_early"] and len(first["history"]["loss"]) == 2
@@ -298,7 +290,6 @@ def test_a_checkpoint_that_finds_no_room_is_one_line_leaves_no_partial_file_and_
     import resource
 
     import keras
-    import tensorflow as tf
 
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
 
@@ -307,21 +298,8 @@ def test_a_checkpoint_that_finds_no_room_is_one_line_leaves_no_partial_file_and_
             if epoch + 1 == 2:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limits[1]))
 
-    def build():
-        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-        model.compile(optimizer="sgd", loss="mse")
-        return model
-
-    def data(epoch):
-        return tf.data.Dataset.from_tensor_slices(
-            (np.ones((8, 2), "float32"), np.ones((8, 1), "float32"))
-        ).batch(4)
-
     def fit(callbacks):
-        return fit_resumable(
-            ckpt_dir=tmp_path, fingerprint="k", epochs=3, build_model=build, train_data=data, val_data=None,
-            samples_per_epoch=8, callbacks=callbacks, progress=lambda *a: None, log=lambda m: None,
-        )  # fmt: skip
+        return _tiny_fit(tmp_path, 3, callbacks)
 
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
