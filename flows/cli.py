@@ -89,10 +89,7 @@ def _incomplete(result) -> str | None:
     """`<technique>: stopped at its budget ...` for a run that stopped at its budget, else None."""
     if not (isinstance(result, dict) and "incomplete" in result):
         return None
-    stop = result["incomplete"]
-    return f"{result['technique']}: " + str(
-        BudgetReached(stop["max_train_minutes"], stop["done"], stop["total"], stop["unit"])
-    )
+    return f"{result['technique']}: {BudgetReached.from_summary(result['incomplete'])}"
 
 
 def _run_flow(args, root: Path, profile: str, overrides, nightly_flow, technique_flow) -> int:
@@ -183,17 +180,13 @@ def _check_dvc_tracks_inputs(technique: str, params: dict) -> None:
 
 def cmd_quality(args) -> None:
     """Each technique's latest run against its floor; with --check, fail unless all pass."""
-    from models.core.registry import techniques
+    from models.core.registry import known, techniques
     from models.reporting.gallery import local_runs
     from models.reporting.quality import EXPECTED_BELOW_FLOOR, quality_table
     from tasks.steps import data_dir
 
     runs_root = Path(args.runs) if args.runs else data_dir() / "runs"
-    known = sorted(techniques())
-    wanted = args.techniques or known
-    unknown = sorted(set(wanted) - set(known))
-    if unknown:
-        raise GdlError(f"unknown technique(s): {', '.join(unknown)} (see gdl list)")
+    wanted = known(args.techniques) if args.techniques else sorted(techniques())
     rows = quality_table(local_runs(runs_root) if runs_root.is_dir() else {}, wanted)
     width = max(len(r["technique"]) for r in rows)
     for r in rows:

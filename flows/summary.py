@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from models.core.errors import BudgetReached
 from models.reporting.quality import from_metrics, verdict
 
 COMPLETED, INCOMPLETE, FAILED = "completed", "incomplete", "failed"
@@ -22,10 +23,7 @@ def summary_row(
     if "incomplete" in result:
         stop = result["incomplete"]
         if stop:
-            detail = (
-                f"stopped at its budget ({stop['max_train_minutes']:g} min) after {stop['unit']} "
-                f"{stop['done']} of {stop['total']}; resumes next run"
-            )
+            detail = f"{BudgetReached.from_summary(stop)}; resumes next run"
         else:  # only the run's state was readable
             detail = str(result.get("message") or "stopped at its budget; resumes next run")
         return {**row, "state": INCOMPLETE, "detail": detail}

@@ -146,5 +146,5 @@ def test_the_summary_names_each_state_with_its_duration_quality_and_report():
     assert table.startswith("1 completed, 1 incomplete, 1 failed")
     assert "| `vae` | completed | 1 min 15 s | ok (score 0.81) | s3://b/vae/run |" in table
     assert "| `cyclegan` | incomplete | 30 min 05 s |" in table
-    assert "stopped at its budget (30 min) after step 3 of 200; resumes next run" in table
+    assert "stopped at its budget of 30 min after step 3 of 200 (checkpoint kept); resumes next run" in table
     assert "| `dcgan` | failed | 0 min 03 s |" in table and "invalid parameters" in table

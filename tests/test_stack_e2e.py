@@ -359,7 +359,10 @@ def test_the_nightly_fans_out_two_at_a_time_survives_a_failure_and_resumes_a_bud
     assert runs["text_lstm"]["state"]["name"] == "Incomplete"
     summary = _summary(api, first["id"])
     assert "\n2 completed, 1 incomplete, 0 failed\n" in summary, summary
-    assert "| `text_lstm` | incomplete |" in summary and "after epoch 1 of 2; resumes next run" in summary
+    assert (
+        "| `text_lstm` | incomplete |" in summary
+        and "after epoch 1 of 2 (checkpoint kept); resumes next run" in summary
+    )
     for name in ("gan", "vae"):  # each with its quality verdict and its report
         row = next(line for line in summary.splitlines() if line.startswith(f"| `{name}` | completed |"))
         assert ("below floor" in row or "ok" in row) and f"/{name}/" in row, row

@@ -64,3 +64,9 @@ class BudgetReached(Exception):
 
     def summary(self) -> dict[str, float | int | str]:
         return {"max_train_minutes": self.minutes, "done": self.done, "total": self.total, "unit": self.unit}
+
+    @classmethod
+    def from_summary(cls, stop: dict) -> BudgetReached:
+        """The stop again from its `summary()` (a flow's result carries the summary, not the
+        exception): one wording wherever a budget stop is told."""
+        return cls(stop["max_train_minutes"], stop["done"], stop["total"], stop["unit"])

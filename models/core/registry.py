@@ -207,6 +207,14 @@ def techniques() -> dict[str, Technique]:
     return {name: t for name, t in sorted(_REGISTRY.items()) if t.module in visible}
 
 
+def known(names: list[str]) -> list[str]:
+    """`names` as given, once each they are all registered; else one line naming the others."""
+    unknown = sorted(set(names) - set(techniques()))
+    if unknown:
+        raise GdlError(f"unknown technique(s): {', '.join(unknown)} (see gdl list)")
+    return names
+
+
 def get(name: str) -> Technique:
     registry = techniques()
     if name not in registry:
