@@ -4,8 +4,8 @@ Run directory (`data/runs/<technique>/<run_id>/`): params.json, metrics.json, hi
 samples/, the technique's plots, report.html (self-contained) and manifest.json (every file
 with size and sha256), written last. Publishing uploads every file under
 `<prefix>/<technique>/<run_id>/`, manifest.json last, then `<prefix>/<technique>/latest.json`, so
-a reader who follows `latest.json` never sees a half-published run. Published objects are never
-overwritten with other bytes: a run re-published to S3 (its report rebuilt) goes to
+a reader who follows `latest.json` never sees a half-published run. Published files are never
+overwritten with other bytes: a run re-published (its report rebuilt) goes to
 `<run_id>-<created_at>/` and latest.json's `report`/`manifest` point there.
 
 Configuration (models.core.settings): GDL_S3_BUCKET (unset: publish to the local folder
@@ -223,13 +223,21 @@ def _latest(technique: str, run_id: str, manifest: Mapping[str, Any], key_id: st
 
 
 def publish_local(target: Target, technique: str, run: Path, manifest: Mapping[str, Any]) -> str:
-    dest = target.local_dir / technique / manifest["run_id"]
-    with staging_dir(dest) as tmp:
-        shutil.copytree(run, tmp, ignore=shutil.ignore_patterns(MARKER, ".*"), dirs_exist_ok=True)
-        replace_dir(tmp, dest)
-    write_bytes_atomic(
-        target.local_dir / technique / LATEST, _latest(technique, manifest["run_id"], manifest)
-    )
+    folder = target.local_dir / technique
+
+    def read(key_id: str) -> bytes | None:
+        try:
+            return (folder / key_id / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    key_id, done = _run_key(read, target, manifest, (run / MANIFEST).read_bytes())
+    dest = folder / key_id
+    if not done:  # a folder without a manifest is listed nowhere: replacing it changes no reader
+        with staging_dir(dest) as tmp:
+            shutil.copytree(run, tmp, ignore=shutil.ignore_patterns(MARKER, ".*"), dirs_exist_ok=True)
+            replace_dir(tmp, dest)
+    write_bytes_atomic(folder / LATEST, _latest(technique, manifest["run_id"], manifest, key_id))
     # The published gallery lists every run in the publish folder, whoever published it.
     write_bytes_atomic(target.local_dir / GALLERY, render_gallery(local_runs(target.local_dir)).encode())
     return str(dest / "report.html")
@@ -287,7 +295,12 @@ def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str,
         return call(key, once, "read")
 
     ours = (run / MANIFEST).read_bytes()
-    key_id, done = _s3_run_key(read, target, technique, manifest, ours)
+    key_id, done = _run_key(
+        lambda key_id: read("/".join(p for p in (target.prefix, technique, key_id, MANIFEST) if p)),
+        target,
+        manifest,
+        ours,
+    )
     base = "/".join(p for p in (target.prefix, technique, key_id) if p)
     if not done:  # files first, the manifest last: a prefix without one is listed nowhere
         for rel in manifest["files"]:
@@ -307,20 +320,17 @@ def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str,
     return f"s3://{target.bucket}/{base}/report.html"
 
 
-def _s3_run_key(
-    read: Callable[[str], bytes | None],
-    target: Target,
-    technique: str,
-    manifest: Mapping[str, Any],
-    ours: bytes,
+def _run_key(
+    read: Callable[[str], bytes | None], target: Target, manifest: Mapping[str, Any], ours: bytes
 ) -> tuple[str, bool]:
-    """Where in the bucket this run goes, and whether it is there already. A published run never
-    changes under a reader: a run id whose manifest is already in the bucket with other bytes (a
-    re-published run: report.html rebuilt) goes to `<run_id>-<its created_at>` instead."""
+    """Where the run's files go (`<run_id>`, a folder or key prefix), and whether they are there
+    already; `read(key_id)` gives the manifest published there, or None. A published run never
+    changes under a reader: when `<run_id>` holds a manifest with other bytes (a re-published run,
+    report.html rebuilt), the run goes to `<run_id>-<its created_at>` instead."""
     run_id = manifest["run_id"]
     stamp = "".join(c for c in str(manifest["created_at"]) if c.isalnum())
     for key_id in (run_id, safe_name(f"{run_id}-{stamp}", "run id")):
-        there = read("/".join(p for p in (target.prefix, technique, key_id, MANIFEST) if p))
+        there = read(key_id)
         if there is None:
             return key_id, False
         if there == ours:

@@ -43,6 +43,25 @@ def test_local_publish_copies_the_run_and_writes_latest(project, steps):
     assert (published / latest["report"]).read_bytes() == (project / result["report"]).read_bytes()
 
 
+def test_a_locally_republished_run_goes_to_a_new_folder_leaving_the_published_one_as_it_was(project, steps):
+    first = publish.run("text_lstm", steps["params"], steps["upstream"])
+    run_id = first["run_dir"].rsplit("/", 1)[-1]
+    published = project / "data" / "published" / "text_lstm"
+    before = {
+        p.relative_to(published): p.read_bytes() for p in (published / run_id).rglob("*") if p.is_file()
+    }
+    again = publish.run("text_lstm", steps["params"], steps["upstream"])  # report.html rebuilt
+    after = {p.relative_to(published): p.read_bytes() for p in (published / run_id).rglob("*") if p.is_file()}
+    assert after == before
+    latest = json.loads((published / "latest.json").read_text())
+    assert latest["run_id"] == run_id and latest["report"] != f"{run_id}/report.html"
+    assert (published / latest["report"]).read_bytes() == (project / again["report"]).read_bytes()
+    manifest = json.loads((published / latest["manifest"]).read_text())
+    for rel, entry in manifest["files"].items():
+        body = (published / latest["manifest"]).parent.joinpath(rel).read_bytes()
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+
+
 def test_s3_publish_uploads_every_file_with_content_types_then_latest(project, steps, s3, monkeypatch):
     client, bucket = s3
     monkeypatch.setenv("GDL_S3_BUCKET", bucket)
