@@ -198,6 +198,7 @@ class Fixtures:
     good = ("Thus spoke the loopback server. " * 40).encode()
     changed = ("Thus spoke a different server! " * 40).encode()
     slow_seconds = 3.0
+    body = b""  # what /body serves (gzip-encoded, as a server may send a .gz file); tests set it
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -240,8 +241,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = Fixtures.changed
         if self.path == "/binary":
             body = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 10
+        if self.path == "/body":
+            body = Fixtures.body
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
+        if self.path == "/body":
+            self.send_header("Content-Encoding", "gzip")
         if self.path == "/truncated":
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

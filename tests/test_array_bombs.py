@@ -151,12 +151,12 @@ _UNDER_RLIMIT = textwrap.dedent(
 )
 
 
-def _under_rlimit(source: Path, dest: Path, limit: int = 1536 * MIB) -> subprocess.CompletedProcess:
+def _under_rlimit(source: str, dest: Path, limit: int = 1536 * MIB) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("GDL_ARCHIVE_")}
     script = _UNDER_RLIMIT.format(limit=limit)
     return subprocess.run(
-        [sys.executable, "-c", script, str(source), str(dest)],
+        [sys.executable, "-c", script, source, str(dest)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -165,10 +165,15 @@ def _under_rlimit(source: Path, dest: Path, limit: int = 1536 * MIB) -> subproce
     )
 
 
-@pytest.mark.parametrize("kind", ["npz", "idx"])
-def test_bombs_are_refused_within_bounded_memory_with_default_limits(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["npz", "idx", "http"])
+def test_bombs_are_refused_within_bounded_memory_with_default_limits(
+    tmp_path, kind, http_server, monkeypatch
+):
     """Under an address-space limit of 1.5 GiB: an .npz declaring a 3 GiB array (a few bytes of
-    data), or a ~3 MB gzipped IDX file whose 3-byte array is followed by 3 GiB of zeros."""
+    data), or a ~3 MB gzipped IDX file whose 3-byte array is followed by 3 GiB of zeros, from a
+    local file or as a gzip-encoded HTTP body."""
+    from conftest import Fixtures
+
     if kind == "npz":
         source = _npz(tmp_path / "declared.npz", {"x_train.npy": _npy_header((3 << 30,)) + bytes(64)})
         expected = "declares shape (3221225472,)"
@@ -177,9 +182,14 @@ def test_bombs_are_refused_within_bounded_memory_with_default_limits(tmp_path, k
         source.write_bytes(_gzip_zeros_tail(_idx_header(3) + bytes([7, 1, 4]), gib=3))
         assert source.stat().st_size < 8 * MIB
         expected = "holds more than 3 data bytes"
-    done = _under_rlimit(source, tmp_path / "dest")
+    where = str(source)
+    if kind == "http":
+        monkeypatch.setattr(Fixtures, "body", source.read_bytes())
+        where = f"{http_server[0]}/body"
+    done = _under_rlimit(where, tmp_path / "dest")
     assert done.returncode == 3, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gdl: ") and source.name in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("gdl: ") and where in lines[0], lines
+    assert done.stderr.count("\n") < 5, done.stderr  # no traceback
     assert expected in lines[0]
     assert _landed(tmp_path / "dest") == []
