@@ -88,7 +88,9 @@ def test_an_npz_member_that_inflates_past_the_file_limit_is_refused(tmp_path, mo
     assert "inflates to" in message
 
 
-def test_an_npz_whose_arrays_exceed_the_total_limit_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("setting", ["GDL_ARCHIVE_MAX_TOTAL_BYTES", "GDL_ARCHIVE_MAX_FILE_BYTES"])
+def test_an_npz_whose_arrays_together_exceed_a_limit_is_refused(tmp_path, monkeypatch, setting):
+    """Each array fits; together (they are loaded at once) they pass the total or one-file limit."""
     import numpy as np
 
     members = {}
@@ -96,8 +98,9 @@ def test_an_npz_whose_arrays_exceed_the_total_limit_is_refused(tmp_path, monkeyp
         buf = io.BytesIO()
         np.lib.format.write_array(buf, np.zeros(600 * 1024, np.uint8))
         members[f"{name}.npy"] = buf.getvalue()
-    monkeypatch.setenv("GDL_ARCHIVE_MAX_TOTAL_BYTES", str(MIB))
-    _refused(_npz(tmp_path / "two.npz", members), tmp_path, "GDL_ARCHIVE_MAX_TOTAL_BYTES")
+    monkeypatch.setenv(setting, str(MIB))
+    message = _refused(_npz(tmp_path / "two.npz", members), tmp_path, setting)
+    assert "x_test.npy takes the arrays past the 1048576-byte limit" in message
 
 
 def test_a_gzipped_idx_header_over_the_limit_is_refused_before_inflating(tmp_path, monkeypatch):

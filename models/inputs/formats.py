@@ -108,9 +108,13 @@ def _npy_header(fh: Any) -> tuple[tuple[int, ...], Any]:
 
 def _check_npz(path: Path, origin: str) -> None:
     """Refuse an .npz whose members or arrays, as declared, would not fit the limits: a zip
-    member's uncompressed size and an .npy header's shape are both checked before inflating."""
+    member's uncompressed size and an .npy header's shape are both checked before inflating. Its
+    arrays are loaded at once: together they are held to the one-file limit too."""
     limits = _array_limits()
     total = 0
+    cap, setting = min(
+        (limits.max_total_bytes, _TOTAL), (limits.max_file_bytes, f"{_LIMIT}, for all of an .npz's arrays")
+    )
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             name = info.filename
@@ -120,10 +124,9 @@ def _check_npz(path: Path, origin: str) -> None:
                     f"{limits.max_file_bytes}-byte limit ({_LIMIT})"
                 )
             total += info.file_size
-            if total > limits.max_total_bytes:
+            if total > cap:
                 raise GdlError(
-                    f"{origin}: member {name} takes the arrays past the {limits.max_total_bytes}-byte "
-                    f"limit ({_TOTAL})"
+                    f"{origin}: member {name} takes the arrays past the {cap}-byte limit ({setting})"
                 )
             if not name.endswith(".npy"):
                 continue
