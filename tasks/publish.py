@@ -3,8 +3,10 @@
 Run directory (`data/runs/<technique>/<run_id>/`): params.json, metrics.json, history.csv,
 samples/, the technique's plots, report.html (self-contained) and manifest.json (every file
 with size and sha256), written last. Publishing uploads every file under
-`<prefix>/<technique>/<run_id>/`, then `<prefix>/<technique>/latest.json`, so a reader who
-follows `latest.json` never sees a half-published run.
+`<prefix>/<technique>/<run_id>/`, manifest.json last, then `<prefix>/<technique>/latest.json`, so
+a reader who follows `latest.json` never sees a half-published run. Published files are never
+overwritten with other bytes: a run re-published (its report rebuilt) goes to
+`<run_id>-<created_at>/` and latest.json's `report`/`manifest` point there.
 
 Configuration (models.core.settings): GDL_S3_BUCKET (unset: publish to the local folder
 GDL_PUBLISH_DIR), GDL_S3_PREFIX, GDL_S3_ENDPOINT_URL, GDL_PUBLISH_ATTEMPTS / _BACKOFF / _TIMEOUT;
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,27 +210,37 @@ def _content_type(name: str) -> str:
     return kind or "application/octet-stream"
 
 
-def _latest(technique: str, run_id: str, manifest: Mapping[str, Any]) -> bytes:
+def _latest(technique: str, run_id: str, manifest: Mapping[str, Any], key_id: str | None = None) -> bytes:
+    """latest.json: the run, and where its files are (`key_id`: a re-published run's own prefix)."""
+    key_id = key_id or run_id
     return json.dumps(
         {
             "technique": technique,
             "run_id": run_id,
             "created_at": manifest["created_at"],
-            "report": f"{run_id}/report.html",
-            "manifest": f"{run_id}/{MANIFEST}",
+            "report": f"{key_id}/report.html",
+            "manifest": f"{key_id}/{MANIFEST}",
         },
         indent=2,
     ).encode()
 
 
 def publish_local(target: Target, technique: str, run: Path, manifest: Mapping[str, Any]) -> str:
-    dest = target.local_dir / technique / manifest["run_id"]
-    with staging_dir(dest) as tmp:
-        shutil.copytree(run, tmp, ignore=shutil.ignore_patterns(MARKER, ".*"), dirs_exist_ok=True)
-        replace_dir(tmp, dest)
-    write_bytes_atomic(
-        target.local_dir / technique / LATEST, _latest(technique, manifest["run_id"], manifest)
-    )
+    folder = target.local_dir / technique
+
+    def read(key_id: str) -> bytes | None:
+        try:
+            return (folder / key_id / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    key_id, done = _run_key(read, target, manifest, (run / MANIFEST).read_bytes())
+    dest = folder / key_id
+    if not done:  # a folder without a manifest is listed nowhere: replacing it changes no reader
+        with staging_dir(dest) as tmp:
+            shutil.copytree(run, tmp, ignore=shutil.ignore_patterns(MARKER, ".*"), dirs_exist_ok=True)
+            replace_dir(tmp, dest)
+    write_bytes_atomic(folder / LATEST, _latest(technique, manifest["run_id"], manifest, key_id))
     # The published gallery lists every run in the publish folder, whoever published it.
     write_bytes_atomic(target.local_dir / GALLERY, render_gallery(local_runs(target.local_dir)).encode())
     return str(dest / "report.html")
@@ -240,22 +252,17 @@ def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str,
     current = settings()
     attempts, backoff = current.publish_attempts, current.publish_backoff
     client = s3_client(timeout=current.publish_timeout, attempts=1)
-    base = "/".join(p for p in (target.prefix, technique, manifest["run_id"]) if p)
-    uploads = [(rel, run / rel) for rel in manifest["files"]] + [(MANIFEST, run / MANIFEST)]
     intact = f"the run directory {run} is intact and {technique}/{LATEST} was not changed"
 
-    def put(key: str, body: bytes, name: str) -> None:
-        def once() -> None:
-            client.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType=_content_type(name))
-
+    def call(key: str, once: Callable[[], Any], what: str = "upload") -> Any:
         def note(n: int, exc: BaseException, delay: float) -> None:
             log(
-                f"upload of {key} failed (attempt {n} of {attempts}: {s3_error_text(exc)}); "
+                f"{what} of {key} failed (attempt {n} of {attempts}: {s3_error_text(exc)}); "
                 f"retry in {delay:.1f}s"
             )
 
         try:
-            retry(
+            return retry(
                 once,
                 attempts=attempts,
                 backoff=backoff,
@@ -273,10 +280,37 @@ def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str,
                 f"({s3_error_text(exc)}); {intact}"
             ) from None
 
-    for rel, path in uploads:
-        put(f"{base}/{safe_relpath(rel, 'file name')}", path.read_bytes(), rel)
+    def put(key: str, body: bytes, name: str) -> None:
+        def once() -> None:
+            client.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType=_content_type(name))
+
+        call(key, once)
+
+    def read(key: str) -> bytes | None:
+        def once() -> bytes | None:
+            try:
+                return client.get_object(Bucket=target.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+
+        return call(key, once, "read")
+
+    ours = (run / MANIFEST).read_bytes()
+    key_id, done = _run_key(
+        lambda key_id: read("/".join(p for p in (target.prefix, technique, key_id, MANIFEST) if p)),
+        target,
+        manifest,
+        ours,
+    )
+    base = "/".join(p for p in (target.prefix, technique, key_id) if p)
+    if not done:  # files first, the manifest last: a prefix without one is listed nowhere
+        for rel in manifest["files"]:
+            put(f"{base}/{safe_relpath(rel, 'file name')}", (run / rel).read_bytes(), rel)
+        put(f"{base}/{MANIFEST}", ours, MANIFEST)
     latest_key = "/".join(p for p in (target.prefix, technique, LATEST) if p)
-    put(latest_key, _latest(technique, manifest["run_id"], manifest), LATEST)
+    put(latest_key, _latest(technique, manifest["run_id"], manifest, key_id), LATEST)
     # The published gallery lists every run in the bucket, whichever machine published it.
     try:
         gallery = render_gallery(_bucket_runs(client, target)).encode()
@@ -287,6 +321,27 @@ def publish_s3(target: Target, technique: str, run: Path, manifest: Mapping[str,
         ) from None
     put("/".join(p for p in (target.prefix, GALLERY) if p), gallery, GALLERY)
     return f"s3://{target.bucket}/{base}/report.html"
+
+
+def _run_key(
+    read: Callable[[str], bytes | None], target: Target, manifest: Mapping[str, Any], ours: bytes
+) -> tuple[str, bool]:
+    """Where the run's files go (`<run_id>`, a folder or key prefix), and whether they are there
+    already; `read(key_id)` gives the manifest published there, or None. A published run never
+    changes under a reader: when `<run_id>` holds a manifest with other bytes (a re-published run,
+    report.html rebuilt), the run goes to `<run_id>-<its created_at>` instead."""
+    run_id = manifest["run_id"]
+    stamp = "".join(c for c in str(manifest["created_at"]) if c.isalnum())
+    for key_id in (run_id, safe_name(f"{run_id}-{stamp}", "run id")):
+        there = read(key_id)
+        if there is None:
+            return key_id, False
+        if there == ours:
+            return key_id, True
+    raise GdlError(
+        f"run {run_id} is already published to {target.describe()} as {run_id} and {run_id}-{stamp} "
+        "with other contents; nothing was changed"
+    )
 
 
 def _bucket_runs(client, target: Target) -> dict[str, list[dict[str, Any]]]:

@@ -198,6 +198,7 @@ class Fixtures:
     good = ("Thus spoke the loopback server. " * 40).encode()
     changed = ("Thus spoke a different server! " * 40).encode()
     slow_seconds = 3.0
+    body = b""  # what /body serves (gzip-encoded, as a server may send a .gz file); tests set it
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -240,8 +241,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = Fixtures.changed
         if self.path == "/binary":
             body = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 10
+        if self.path == "/body":
+            body = Fixtures.body
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
+        if self.path == "/body":
+            self.send_header("Content-Encoding", "gzip")
         if self.path == "/truncated":
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -336,7 +341,8 @@ class _Proxy(BaseHTTPRequestHandler):
         _Proxy.seen += 1
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        if _Proxy.seen > _Proxy.budget:
+        refused = self.command == "PUT" and _Proxy.refuse and _Proxy.refuse in self.path
+        if _Proxy.seen > _Proxy.budget or refused:
             self.send_error(503, "Service Unavailable")
             return
         url = urllib.parse.urlparse(_Proxy.target)
@@ -360,12 +366,13 @@ class _Proxy(BaseHTTPRequestHandler):
 @pytest.fixture
 def failing_s3_proxy(s3_endpoint):
     """A loopback endpoint that lets `budget` S3 requests through, then fails every one."""
-    _Proxy.target, _Proxy.seen = s3_endpoint, 0
+    _Proxy.target, _Proxy.seen, _Proxy.refuse = s3_endpoint, 0, None
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
-    def set_budget(n: int) -> str:
-        _Proxy.budget, _Proxy.seen = n, 0
+    def set_budget(n: int, refuse: str | None = None) -> str:
+        """Let `n` requests through; with `refuse`, also fail every upload whose path holds it."""
+        _Proxy.budget, _Proxy.seen, _Proxy.refuse = n, 0, refuse
         return f"http://127.0.0.1:{server.server_address[1]}"
 
     yield set_budget

@@ -43,6 +43,25 @@ def test_local_publish_copies_the_run_and_writes_latest(project, steps):
     assert (published / latest["report"]).read_bytes() == (project / result["report"]).read_bytes()
 
 
+def test_a_locally_republished_run_goes_to_a_new_folder_leaving_the_published_one_as_it_was(project, steps):
+    first = publish.run("text_lstm", steps["params"], steps["upstream"])
+    run_id = first["run_dir"].rsplit("/", 1)[-1]
+    published = project / "data" / "published" / "text_lstm"
+    before = {
+        p.relative_to(published): p.read_bytes() for p in (published / run_id).rglob("*") if p.is_file()
+    }
+    again = publish.run("text_lstm", steps["params"], steps["upstream"])  # report.html rebuilt
+    after = {p.relative_to(published): p.read_bytes() for p in (published / run_id).rglob("*") if p.is_file()}
+    assert after == before
+    latest = json.loads((published / "latest.json").read_text())
+    assert latest["run_id"] == run_id and latest["report"] != f"{run_id}/report.html"
+    assert (published / latest["report"]).read_bytes() == (project / again["report"]).read_bytes()
+    manifest = json.loads((published / latest["manifest"]).read_text())
+    for rel, entry in manifest["files"].items():
+        body = (published / latest["manifest"]).parent.joinpath(rel).read_bytes()
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+
+
 def test_s3_publish_uploads_every_file_with_content_types_then_latest(project, steps, s3, monkeypatch):
     client, bucket = s3
     monkeypatch.setenv("GDL_S3_BUCKET", bucket)
@@ -255,3 +274,45 @@ def test_credentials_in_a_source_url_are_written_nowhere(project, http_server, c
     assert written
     for text in [p.read_text(errors="replace") for p in written] + [r.getMessage() for r in caplog.records]:
         assert "s3cret" not in text and "sig0123" not in text
+
+
+def _published_run(client, bucket: str, technique: str = "text_lstm") -> tuple[str, dict[str, bytes]]:
+    """The run `latest.json` points at: its key prefix and every object its manifest lists."""
+    base = f"gdl/{technique}/"
+    latest = json.loads(client.get_object(Bucket=bucket, Key=base + "latest.json")["Body"].read())
+    run_prefix = base + latest["manifest"].rsplit("/", 1)[0] + "/"
+    manifest = client.get_object(Bucket=bucket, Key=base + latest["manifest"])["Body"].read()
+    objects = {"manifest.json": manifest}
+    for rel, entry in json.loads(manifest)["files"].items():
+        body = client.get_object(Bucket=bucket, Key=run_prefix + rel)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"], rel
+        objects[rel] = body
+    assert latest["report"] == latest["manifest"].rsplit("/", 1)[0] + "/report.html"
+    return run_prefix, objects
+
+
+def test_republishing_through_a_failing_manifest_upload_never_changes_the_published_run(
+    project, steps, s3, failing_s3_proxy, monkeypatch
+):
+    client, bucket = s3
+    monkeypatch.setenv("GDL_S3_BUCKET", bucket)
+    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "2")
+    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "0.05")
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(10_000))
+    publish.run("text_lstm", steps["params"], steps["upstream"])
+    before = _published_run(client, bucket)
+    # The same run again (report.html is rebuilt with a new time), its manifest's upload failing.
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(10_000, refuse="/manifest.json"))
+    with pytest.raises(publish.PublishError) as err:
+        publish.run("text_lstm", steps["params"], steps["upstream"])
+    message = str(err.value)
+    assert "\n" not in message and "text_lstm/latest.json was not changed" in message
+    assert _published_run(client, bucket) == before  # every byte a reader of latest sees, unchanged
+    # Published again with the endpoint well: latest moves to a new prefix, the old one stays whole.
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(10_000))
+    result = publish.run("text_lstm", steps["params"], steps["upstream"])
+    prefix, objects = _published_run(client, bucket)
+    assert prefix != before[0] and result["published"] == f"s3://{bucket}/{prefix}report.html"
+    assert objects["report.html"] != before[1]["report.html"]
+    for rel, body in before[1].items():
+        assert client.get_object(Bucket=bucket, Key=before[0] + rel)["Body"].read() == body
