@@ -143,3 +143,10 @@ def test_a_run_from_an_env_source_keeps_its_secret_out_of_prefect_and_every_file
     for path in project.rglob("*"):
         if path.is_file():
             _clean(path.read_bytes().decode("latin-1"))
+
+
+def test_a_published_parameter_is_redacted_whatever_its_shape():
+    from tasks.publish import _public
+
+    shown = _public(["http:/user:s3cret@h.example/x.txt", "[http://u:s3cret@h.example/x?sig=SIGSECRET]"])
+    assert shown == ["http:/h.example/x.txt", "[http://h.example/x"]
