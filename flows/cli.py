@@ -384,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             quiet_native_stderr()
         code = args.fn(args)
     except GdlError as exc:
-        print(f"gdl: error: {exc}", file=sys.stderr)
+        from models.inputs.catalog import redact_text  # a safety net: messages redact their own
+
+        print(f"gdl: error: {redact_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)

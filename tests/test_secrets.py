@@ -150,3 +150,50 @@ def test_a_published_parameter_is_redacted_whatever_its_shape():
 
     shown = _public(["http:/user:s3cret@h.example/x.txt", "[http://u:s3cret@h.example/x?sig=SIGSECRET]"])
     assert shown == ["http:/h.example/x.txt", "[http://h.example/x"]
+
+
+LEAKY = "download of http://u:s3cret@h.example/x?X-Amz-Signature=SIGSECRET failed"
+
+
+def test_the_cli_redacts_an_error_line_whatever_raised_it(project, monkeypatch, capsys):
+    """A safety net: an error from code that forgot to redact still prints no secret."""
+    import flows.config
+    from flows.cli import main
+
+    def leaky(*args, **kwargs):
+        raise GdlError(LEAKY)
+
+    monkeypatch.setattr(flows.config, "resolve_params", leaky)
+    assert main(["run", "text_lstm"]) == 2
+    assert capsys.readouterr().err == "gdl: error: download of http://h.example/x failed\n"
+
+
+def test_the_error_artifact_in_prefect_is_redacted(monkeypatch):
+    import prefect.artifacts
+
+    from tasks._prefect import report_failure
+
+    made: list[str] = []
+    monkeypatch.setattr(
+        prefect.artifacts, "create_markdown_artifact", lambda **kw: made.append(kw["markdown"])
+    )
+    report_failure("text_lstm", GdlError(LEAKY))
+    assert made and "http://h.example/x failed" in made[0]
+    _clean(made[0])
+
+
+def test_shared_storage_notes_name_an_endpoint_without_its_credentials(project, monkeypatch):
+    from conftest import free_port
+
+    from tasks import shared_storage
+
+    monkeypatch.setenv("GDL_SHARED_STORAGE", "s3://bucket/prefix")
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", f"http://user:s3cret@127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    notes: list[str] = []
+    assert shared_storage.pull_slot(project, project / "data" / "slot", "k", notes.append) is False
+    assert notes and "127.0.0.1" in notes[0]
+    for note in notes:
+        _clean(note)
