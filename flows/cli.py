@@ -403,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_stdout()
         return 141  # as git and ls end when their reader goes (128 + SIGPIPE)
     except GdlError as exc:
-        print(f"gdl: error: {exc}", file=sys.stderr)
+        from models.inputs.catalog import redact_text  # a safety net: messages redact their own
+
+        print(f"gdl: error: {redact_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)

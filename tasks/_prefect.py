@@ -127,8 +127,10 @@ def report_failure(technique: str, exc: BaseException) -> None:
     """An error-summary artifact for the UI: what failed and the one-line reason."""
     from prefect.artifacts import create_markdown_artifact
 
+    from models.inputs.catalog import redact_text
+
     create_markdown_artifact(
         key=artifact_key(technique, "error"),
-        markdown=f"# {technique} failed\n\n**{type(exc).__name__}**: {exc}\n",
+        markdown=f"# {technique} failed\n\n**{type(exc).__name__}**: {redact_text(exc)}\n",
         description=f"{technique}: error summary",
     )

@@ -69,7 +69,7 @@ class PublishError(RetryableError):
 
 def _public(value: Any) -> Any:
     """A parameter value fit for a published page: URLs lose credentials and query strings."""
-    if isinstance(value, str) and "://" in value:
+    if isinstance(value, str):  # redact() changes only what looks like a location with secrets
         return redact(value)
     if isinstance(value, list):
         return [_public(v) for v in value]

@@ -30,6 +30,7 @@ from models.core.files import (
     staging_dir,
 )
 from models.core.settings import settings
+from models.inputs.catalog import redact_text
 from models.inputs.s3 import s3_client
 from tasks.steps import MARKER, RUN_INFO, guarded_slot, is_complete, read_marker
 
@@ -145,9 +146,9 @@ def pull_slot(root: Path, out: Path, key: str, log=print) -> bool:
             _fetch_slot(client, bucket, _key(prefix, rel), out, marker, body)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
-            log(f"shared copy of {rel} unreadable ({exc}); recomputing")
+            log(f"shared copy of {rel} unreadable ({redact_text(exc)}); recomputing")
         return False
     except (BotoCoreError, OSError, ValueError, LookupError, TypeError, GdlError, _Unusable) as exc:
-        log(f"shared copy of {rel} not used ({type(exc).__name__}: {exc}); recomputing")
+        log(f"shared copy of {rel} not used ({type(exc).__name__}: {redact_text(exc)}); recomputing")
         return False
     return True

@@ -45,6 +45,11 @@ def test_list_prints_each_technique_name_first(project):
         ),
         (["run", "dcgan", "--set", "dcgan.batch_size=2147483647"], "and batch_size=2147483647 need at least"),
         (["run", "all", "--set", "wgan_gp.batch_size=2147483647"], "wgan_gp: latent_dim="),
+        # Issue 16 section 4: a port out of range or not a number (urllib raises ValueError).
+        (["run", "text_lstm", "--set", "text_lstm.source=http://127.0.0.1:99999/x"], "not a valid URL"),
+        (["run", "text_lstm", "--set", "text_lstm.source=http://127.0.0.1:abc/x"], "not a valid URL"),
+        # Issue 16 section 3: a password in a source would reach Prefect's database: env:NAME.
+        (["run", "text_lstm", "--set", "text_lstm.source=http://u:s3cret@127.0.0.1:1/x"], "env:NAME"),
         (["run", "gan", "--set", "gan.batch_size=30", "--set", "gan.replicas=4"], "gan.batch_size=30 is not"),
     ],
 )
@@ -53,6 +58,7 @@ def test_bad_input_fails_in_one_line_before_any_work(project, args, message):
     assert result.returncode == 2
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gdl: error:") and message in err[0]
+    assert "s3cret" not in result.stderr + result.stdout
     assert not (project / "data").exists()
 
 

@@ -126,21 +126,17 @@ def test_a_redirect_loop_fails_in_one_line_without_retrying(tmp_path, http_serve
     assert hits["/loop"] <= 11  # urllib's own limit, one attempt
 
 
-def test_credentials_in_a_url_are_sent_and_never_shown(tmp_path, http_server, dataset):
+def test_credentials_in_a_url_are_sent_and_never_shown(tmp_path, http_server, dataset, monkeypatch):
     url, hits = http_server
     host = url.removeprefix("http://")
     notes: list[str] = []
-    got = fetch(
-        dataset,
-        f"http://user:s3cret@{host}/auth?X-Amz-Signature=sig",
-        tmp_path / "d",
-        tmp_path,
-        log=notes.append,
-    )
+    monkeypatch.setenv("GDL_TEST_URL", f"http://user:s3cret@{host}/auth?X-Amz-Signature=sig")
+    got = fetch(dataset, "env:GDL_TEST_URL", tmp_path / "d", tmp_path, log=notes.append)
     assert (tmp_path / "d" / "corpus.txt").read_bytes() == Fixtures.good
     assert got["location"] == f"{url}/auth"
+    monkeypatch.setenv("GDL_TEST_URL", f"http://user:wrong@{host}/auth")
     with pytest.raises(GdlError) as err:
-        fetch(dataset, f"http://user:wrong@{host}/auth", tmp_path / "e", tmp_path, log=notes.append)
+        fetch(dataset, "env:GDL_TEST_URL", tmp_path / "e", tmp_path, log=notes.append)
     assert str(err.value) == f"download of {url}/auth failed: HTTP 401 Unauthorized"
     assert hits["/auth?X-Amz-Signature=sig"] == 1 and hits["/auth"] == 1  # a 401 is not retried
     pins = (tmp_path / "pins.json").read_text()
@@ -148,10 +144,11 @@ def test_credentials_in_a_url_are_sent_and_never_shown(tmp_path, http_server, da
         assert "s3cret" not in shown and "wrong" not in shown and "sig" not in shown
 
 
-def test_an_unresolvable_host_fails_at_once_in_one_line(tmp_path, dataset):
+def test_an_unresolvable_host_fails_at_once_in_one_line(tmp_path, dataset, monkeypatch):
     notes: list[str] = []
+    monkeypatch.setenv("GDL_TEST_URL", "http://user:pass@nohost.invalid/x.txt")
     with pytest.raises(GdlError) as err:
-        fetch(dataset, "http://user:pass@nohost.invalid/x.txt", tmp_path / "d", tmp_path, log=notes.append)
+        fetch(dataset, "env:GDL_TEST_URL", tmp_path / "d", tmp_path, log=notes.append)
     assert (
         str(err.value)
         == "download of http://nohost.invalid/x.txt failed: cannot resolve host 'nohost.invalid'"

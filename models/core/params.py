@@ -34,7 +34,7 @@ def param(default: Any, step: str, description: str, *, keyed: bool = True, **co
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
-OWN_LOCATION = "your own https://, s3:// or local path"
+OWN_LOCATION = "your own https://, s3://, env:NAME or local path"
 
 
 def source_param(

@@ -3,6 +3,8 @@ resolves, and the identity of what a location holds (what a download's cache key
 
 from __future__ import annotations
 
+import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -94,15 +96,48 @@ def get_dataset(name: str) -> Dataset:
     return entries[name]
 
 
+# A URL's start wherever it stands in a text: a scheme and at least one slash (`http:/` is a typo
+# of `http://` that still carries what follows).
+_SCHEME = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*:/")
+_USERINFO = re.compile(r"[^/:@\s]+:[^@]*@")  # `user:secret@host/...` given without a scheme
+_TEXT_URL = re.compile(_SCHEME.pattern + r"[^\s'\"<>`]*")
+_CLOSERS = ")]}>.,;:"
+
+
+def _redact_url(url: str) -> str:
+    """`url` (its scheme and slashes, if any, first) without its query, fragment and everything up
+    to the last `@` before them: a password may hold `/`, so no parser's idea of the authority is
+    trusted."""
+    head = _SCHEME.match(url)
+    start = head.end() if head else 0
+    start += len(url[start:]) - len(url[start:].lstrip("/"))
+    body = re.split(r"[?#]", url[start:], maxsplit=1)[0]
+    return url[:start] + body.rsplit("@", 1)[-1]
+
+
 def redact(location: str) -> str:
-    """A location fit for logs and reports: no user:password@, no query (presigned signatures)."""
-    parsed = urllib.parse.urlsplit(location)
-    if not parsed.scheme or "://" not in location:
-        return location
-    host = parsed.hostname or ""
-    if parsed.port:
-        host += f":{parsed.port}"
-    return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
+    """A location fit for logs and reports, whatever its shape (unparseable, a one-slash typo, a
+    scheme anywhere in it): no `user:password@`, no query (presigned signatures), no fragment.
+    Everything from the first scheme on is taken as the URL, so a password with spaces is cut too."""
+    found = _SCHEME.search(location)
+    if found:
+        return location[: found.start()] + _redact_url(location[found.start() :])
+    if _USERINFO.match(location):
+        return _redact_url(location)
+    return location
+
+
+def redact_text(text: object) -> str:
+    """`text` (an exception's message: botocore's, urllib's) with every URL in it redacted,
+    keeping the punctuation that closes it (`(see http://h/x?sig=1)` -> `(see http://h/x)`)."""
+
+    def one(match: re.Match) -> str:
+        url = match.group(0)
+        shown = _redact_url(url)
+        tail = len(url) - len(url.rstrip(_CLOSERS))
+        return shown + url[len(url) - tail :] if tail and not shown.endswith(url[-tail:]) else shown
+
+    return _TEXT_URL.sub(one, str(text))
 
 
 def named_source(dataset: str, source: str) -> str:
@@ -143,11 +178,55 @@ def _local_path(location: str) -> Path:
     return Path(location[len("file://") :] if location.startswith("file://") else location).expanduser()
 
 
+ENV_PREFIX = "env:"
+
+
+def _from_env(source: str) -> str:
+    """The location an `env:NAME` source names: the value of environment variable NAME, read at
+    the time of use, so the URL (its password, its presigned query) never becomes a parameter."""
+    name = source[len(ENV_PREFIX) :]
+    if not name.isidentifier():
+        raise GdlError(f"source {source!r}: expected env:NAME with NAME an environment variable's name")
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise GdlError(f"source {source}: environment variable {name} is not set")
+    if value.startswith(ENV_PREFIX):
+        raise GdlError(f"source {source}: {name} names another env: source; give the location itself")
+    return value
+
+
+def _refuse_secrets(source: str, parsed: urllib.parse.SplitResult, from_env: bool) -> None:
+    """A password or a presigned query is kept out of the params (they reach Prefect's database
+    and UI as the flow run's parameters): it is given through env:NAME; S3 credentials never ride
+    in the URL."""
+    shown = redact(source)
+    userinfo = "@" in source.split("?", 1)[0].split("#", 1)[0]
+    if source.startswith("s3://"):
+        if userinfo or parsed.query or parsed.fragment:
+            raise GdlError(
+                f"source {shown!r}: an s3:// location takes no credentials or query; set "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (a presigned URL is an "
+                "https:// URL: pass it as env:NAME)"
+            )
+    elif not from_env and (userinfo or parsed.query or parsed.fragment):
+        raise GdlError(
+            f"source {shown!r} carries credentials or a query, which would be stored with the run's "
+            "parameters: put the URL in an environment variable and give env:NAME instead"
+        )
+
+
 def resolve_location(dataset: Dataset, source: str) -> str:
     """Where `source` reads `dataset` from; raises GdlError saying what is valid.
 
     Checked before any work starts, so a typo fails in one line instead of after a server start.
+    An `env:NAME` source resolves to the value of NAME (read again at download time).
     """
+    if source.startswith(ENV_PREFIX):
+        return _resolve(dataset, _from_env(source), from_env=True)
+    return _resolve(dataset, source, from_env=False)
+
+
+def _resolve(dataset: Dataset, source: str, from_env: bool) -> str:
     if source == "remote":
         if not dataset.remote:
             raise GdlError(f"dataset {dataset.name} has no remote source; give a location of your own")
@@ -159,29 +238,39 @@ def resolve_location(dataset: Dataset, source: str) -> str:
                 "use remote or a location of your own"
             )
         return "offline:" + dataset.name
-    if source.startswith(("http://", "https://")):
-        if not urllib.parse.urlsplit(source).hostname:
-            raise GdlError(f"source {redact(source)!r} has no host")
-        return source
-    if source.startswith("s3://"):
-        parsed = urllib.parse.urlsplit(source)
-        if not parsed.netloc or not parsed.path.strip("/"):
-            raise GdlError(f"bad S3 location {source!r}: expected s3://bucket/key (or s3://bucket/prefix/)")
-        if source.endswith("/") and not dataset.is_folder:
-            raise GdlError(f"{source}: an S3 prefix is a folder, but dataset {dataset.name} is one file")
+    shown = redact(source)
+    if source.startswith(("http://", "https://", "s3://")):
+        try:
+            parsed = urllib.parse.urlsplit(source)
+            parsed.port  # noqa: B018 (raises ValueError for :99999 or :abc)
+        except ValueError as exc:
+            raise GdlError(f"source {shown!r} is not a valid URL ({redact_text(exc)})") from None
+        _refuse_secrets(source, parsed, from_env)
+        if source.startswith("s3://"):
+            if not parsed.netloc or not parsed.path.strip("/"):
+                raise GdlError(
+                    f"bad S3 location {shown!r}: expected s3://bucket/key (or s3://bucket/prefix/)"
+                )
+            if source.endswith("/") and not dataset.is_folder:
+                raise GdlError(f"{shown}: an S3 prefix is a folder, but dataset {dataset.name} is one file")
+        elif not parsed.hostname:
+            raise GdlError(f"source {shown!r} has no host")
         return source
     if "://" in source and not source.startswith("file://"):
         raise GdlError(
-            f"unsupported source {redact(source)!r}: use remote, offline, http(s)://, s3:// or a local path"
+            f"unsupported source {shown!r}: use remote, offline, http(s)://, s3://, env:NAME or a local path"
         )
+    typo = _SCHEME.match(source)
+    if typo and source[: typo.end() - 2].lower() in ("http", "https", "s3", "file"):
+        raise GdlError(f"source {shown!r} looks like a URL with one slash: write {shown[: typo.end()]}/...")
     path = _local_path(source)
     if path.is_dir():
         if not dataset.is_folder:
             raise GdlError(
-                f"source {path} is a folder, but dataset {dataset.name} is one {dataset.kind} file"
+                f"source {shown} is a folder, but dataset {dataset.name} is one {dataset.kind} file"
             )
     elif not path.is_file():
-        raise GdlError(f"source {path} does not exist")
+        raise GdlError(f"source {shown} does not exist")
     return source
 
 
@@ -214,7 +303,9 @@ def identity(dataset: Dataset, location: str) -> dict[str, Any]:
     (a local one by its absolute path, sizes and times), and for offline sources the loader,
     its code and the version of what it reads. Descriptions are left out: rewording an entry
     changes no download."""
-    ident: dict[str, Any] = {"kind": dataset.kind, "file": dataset.file, "location": location}
+    # A URL by its redacted form: credentials and a presigned query do not change the bytes (a
+    # renewed signature still hits the cache), and the identity must not hold them.
+    ident: dict[str, Any] = {"kind": dataset.kind, "file": dataset.file, "location": redact(location)}
     if location in (dataset.remote, mirror_location(dataset)):
         ident["sha256"] = dataset.sha256
     if location.startswith("offline:"):

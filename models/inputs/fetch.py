@@ -52,6 +52,7 @@ from models.inputs.catalog import (
     expected_sha256,
     mirror_location,
     redact,
+    redact_text,
 )
 from models.inputs.formats import (
     _CHECKS,
@@ -154,20 +155,22 @@ def _http_to(url: str, dest: Path, policy: FetchPolicy, ends: float) -> None:
             raise TransientError(f"HTTP {exc.code}") from None
         if 300 <= exc.code < 400:  # urllib gives up on a loop or after 10 redirects
             raise GdlError(f"download of {shown} failed: redirect loop (HTTP {exc.code})") from None
-        raise GdlError(f"download of {shown} failed: HTTP {exc.code} {one_line(exc.reason)}") from None
+        raise GdlError(
+            f"download of {shown} failed: HTTP {exc.code} {one_line(redact_text(exc.reason))}"
+        ) from None
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, socket.gaierror) and reason.errno != socket.EAI_AGAIN:
             host = urllib.parse.urlsplit(url).hostname
             raise GdlError(f"download of {shown} failed: cannot resolve host {host!r}") from None
         if isinstance(reason, OSError) and not isinstance(reason, ssl.SSLError):
-            raise TransientError(f"{type(reason).__name__}: {one_line(reason)}") from None
+            raise TransientError(f"{type(reason).__name__}: {one_line(redact_text(reason))}") from None
         # A certificate that does not verify, an unknown URL type: trying again changes nothing.
-        raise GdlError(f"download of {shown} failed: {one_line(reason)}") from None
-    except http.client.InvalidURL:
+        raise GdlError(f"download of {shown} failed: {one_line(redact_text(reason))}") from None
+    except (http.client.InvalidURL, ValueError):  # a port out of range or not a number
         raise GdlError(f"download of {shown} failed: not a valid URL") from None
     except (http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-        raise TransientError(f"{type(exc).__name__}: {one_line(exc)}") from None
+        raise TransientError(f"{type(exc).__name__}: {one_line(redact_text(exc))}") from None
 
 
 def _s3_call(location: str, call: Callable[[], None]) -> None:
@@ -177,7 +180,7 @@ def _s3_call(location: str, call: Callable[[], None]) -> None:
         call()
     except (BotoCoreError, ClientError, OSError) as exc:
         if not s3_error_transient(exc):
-            raise GdlError(f"download of {location} failed: {s3_error_text(exc)}") from None
+            raise GdlError(f"download of {redact(location)} failed: {s3_error_text(exc)}") from None
         raise TransientError(s3_error_text(exc)) from None
 
 
@@ -207,6 +210,7 @@ def _s3_prefix_to(location: str, dest: Path, policy: FetchPolicy, ends: float) -
     limits = ArchiveLimits.from_env()
     parsed = urllib.parse.urlparse(location)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+    shown = redact(location)
 
     def copy() -> None:
         client = s3_client(policy.timeout)
@@ -222,14 +226,14 @@ def _s3_prefix_to(location: str, dest: Path, policy: FetchPolicy, ends: float) -
                     continue  # metadata, never content (as in archives)
                 count, total = count + 1, total + obj["Size"]
                 if count > limits.max_members or total > limits.max_total_bytes:
-                    raise GdlError(f"{location}: more objects or bytes than the archive limits allow")
+                    raise GdlError(f"{shown}: more objects or bytes than the archive limits allow")
                 if obj["Size"] > limits.max_file_bytes:
-                    raise GdlError(f"{location}: object {rel!r} is larger than the per-file limit")
-                target = dest / safe_relpath(rel, f"object name under {location}")
+                    raise GdlError(f"{shown}: object {rel!r} is larger than the per-file limit")
+                target = dest / safe_relpath(rel, f"object name under {shown}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _s3_object_to(client, bucket, obj["Key"], target, policy, ends)
         if count == 0:
-            raise GdlError(f"{location} holds no objects")
+            raise GdlError(f"{shown} holds no objects")
 
     _s3_call(location, copy)
 
@@ -278,7 +282,7 @@ def _retrying(
     """Run one download attempt, retrying transient failures with backoff."""
 
     def note(n: int, exc: BaseException, delay: float) -> None:
-        log(f"download {redact(location)}: attempt {n} failed ({exc}); retrying in {delay:.1f}s")
+        log(f"download {redact(location)}: attempt {n} failed ({redact_text(exc)}); retrying in {delay:.1f}s")
 
     try:
         retry(
@@ -290,7 +294,7 @@ def _retrying(
         )
     except TransientError as exc:
         raise RetryableError(
-            f"download of {redact(location)} failed after {policy.attempts} attempts: {exc}"
+            f"download of {redact(location)} failed after {policy.attempts} attempts: {redact_text(exc)}"
         ) from None
 
 
@@ -332,7 +336,7 @@ def _transfer(dataset: Dataset, location: str, dest: Path, policy: FetchPolicy, 
         elif path.is_file():
             shutil.copyfile(path, dest)
         else:
-            raise GdlError(f"source {path} does not exist")
+            raise GdlError(f"source {redact(location)} does not exist")
 
 
 def fetch(

@@ -46,11 +46,13 @@ def s3_error_transient(exc: BaseException) -> bool:
 
 
 def s3_error_text(exc: BaseException) -> str:
-    """One line naming an S3 failure without credentials (botocore's messages hold no secrets,
-    but may span lines)."""
+    """One line naming an S3 failure without credentials (botocore's messages may span lines,
+    and some name the endpoint or object URL: each is redacted)."""
     from botocore.exceptions import ClientError
+
+    from models.inputs.catalog import redact_text
 
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return one_line(f"{error.get('Code', '')} {error.get('Message', '')}".strip() or exc)
-    return f"{type(exc).__name__}: {one_line(exc)}"
+        return one_line(redact_text(f"{error.get('Code', '')} {error.get('Message', '')}".strip() or exc))
+    return f"{type(exc).__name__}: {one_line(redact_text(exc))}"
