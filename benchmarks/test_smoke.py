@@ -70,10 +70,13 @@ def test_style_transfer_benchmark_prints_its_ratios_as_json():
 
 
 def test_gan_step_benchmark_prints_its_ratio_as_json():
-    report = bench("gan_step.py", *("--side", "8", "--width", "0.1", "--batch", "4", "--steps", "2"))
+    report = bench(
+        "gan_step.py", *("--side", "8", "--width", "0.1", "--batch", "4", "--steps", "2", "--per-call", "2")
+    )
     # The book loop exits non-zero (bench asserts rc 0) if its combined update changed D's weights.
     assert report["compiled_vs_book"] > 0 and report["book_steps_per_s"] > 0
     assert report["compiled_vs_keras_io"] > 0 and report["keras_io_steps_per_s"] > 0
+    assert report["grouped_vs_compiled"] > 0 and report["per_call"] == 2
 
 
 def test_translation_step_benchmark_prints_its_ratios_as_json():
