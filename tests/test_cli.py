@@ -45,6 +45,8 @@ def test_list_prints_each_technique_name_first(project):
         ),
         (["run", "dcgan", "--set", "dcgan.batch_size=2147483647"], "and batch_size=2147483647 need at least"),
         (["run", "all", "--set", "wgan_gp.batch_size=2147483647"], "wgan_gp: latent_dim="),
+        (["run", "text_lstm", "--set", "text_lstm.lstm_units=2147483647"], "text_lstm: lstm_units=21474836"),
+        (["run", "vae", "--set", "vae.latent_dim=2147483647"], "vae: latent_dim=2147483647 and conv_dense_"),
         # Issue 16 section 4: a port out of range or not a number (urllib raises ValueError).
         (["run", "text_lstm", "--set", "text_lstm.source=http://127.0.0.1:99999/x"], "not a valid URL"),
         (["run", "text_lstm", "--set", "text_lstm.source=http://127.0.0.1:abc/x"], "not a valid URL"),

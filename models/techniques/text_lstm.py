@@ -25,6 +25,7 @@ from pydantic import field_validator
 
 from models.core.errors import GdlError
 from models.core.files import numbered_files, write_json_atomic
+from models.core.memory import FLOAT
 from models.core.params import DataParallelParams, param, source_param
 from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.inputs.formats import decode_text
@@ -103,6 +104,13 @@ class TextLSTMParams(DataParallelParams):
         if len(set(temps)) != len(temps):
             raise ValueError("temperatures must be distinct")
         return temps
+
+    def memory_floor(self) -> tuple[int, dict[str, int]]:
+        """Bytes a training step needs at the least (models/core/memory.py): the LSTM's recurrent
+        kernel (four gates of units x units) with its gradient and RMSprop's slot, and one
+        window's hidden states. Not the batch: fit never batches more windows than the corpus has."""
+        needed = FLOAT * (3 * 4 * self.lstm_units * self.lstm_units + self.maxlen * self.lstm_units)
+        return needed, {"lstm_units": self.lstm_units, "maxlen": self.maxlen}
 
 
 DEMO = {

@@ -39,6 +39,7 @@ import numpy as np
 
 from models.core.errors import GdlError
 from models.core.files import write_json_atomic
+from models.core.memory import FLOAT
 from models.core.params import DataParallelParams, param, source_param
 from models.core.registry import Input, Rehearsal, StepContext, Technique, register
 from models.reporting.quality import Quality
@@ -134,6 +135,16 @@ class VAEParams(DataParallelParams):
 
     def global_batch_size(self) -> int:
         return book(self)["batch_size"]
+
+    def memory_floor(self) -> tuple[int, dict[str, int]]:
+        """Bytes a training step needs at the least (models/core/memory.py): the encoder's last
+        layer (its units to the latent mean and log-variance) and the decoder's first (the latent
+        to at least as many units), each with its gradient and one optimizer slot. Not the batch:
+        fit never batches more digits than the set has."""
+        name = "hidden_units" if self.variant == "dense" else "conv_dense_units"
+        units = getattr(self, name)
+        needed = FLOAT * 3 * 3 * self.latent_dim * units
+        return needed, {"latent_dim": self.latent_dim, name: units}
 
 
 DEMO = {
