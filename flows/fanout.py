@@ -108,4 +108,5 @@ def chosen(selected: list[str] | None) -> list[str]:
     """The techniques a nightly runs: all registered ones, or the ones it names (checked)."""
     if not selected:
         return list(techniques())
-    return [name for name in techniques() if name in known(selected)]
+    wanted = set(known(selected))
+    return [name for name in techniques() if name in wanted]

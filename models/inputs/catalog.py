@@ -195,20 +195,20 @@ def _from_env(source: str) -> str:
     return value
 
 
-def _refuse_secrets(source: str, parsed: urllib.parse.SplitResult, from_env: bool) -> None:
+def _refuse_secrets(source: str, shown: str, parsed: urllib.parse.SplitResult, from_env: bool) -> None:
     """A password or a presigned query is kept out of the params (they reach Prefect's database
     and UI as the flow run's parameters): it is given through env:NAME; S3 credentials never ride
-    in the URL."""
-    shown = redact(source)
+    in the URL. `shown`: the source redacted."""
     userinfo = "@" in source.split("?", 1)[0].split("#", 1)[0]
+    if not (userinfo or parsed.query or parsed.fragment):
+        return
     if source.startswith("s3://"):
-        if userinfo or parsed.query or parsed.fragment:
-            raise GdlError(
-                f"source {shown!r}: an s3:// location takes no credentials or query; set "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (a presigned URL is an "
-                "https:// URL: pass it as env:NAME)"
-            )
-    elif not from_env and (userinfo or parsed.query or parsed.fragment):
+        raise GdlError(
+            f"source {shown!r}: an s3:// location takes no credentials or query; set "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (a presigned URL is an "
+            "https:// URL: pass it as env:NAME)"
+        )
+    if not from_env:
         raise GdlError(
             f"source {shown!r} carries credentials or a query, which would be stored with the run's "
             "parameters: put the URL in an environment variable and give env:NAME instead"
@@ -245,7 +245,7 @@ def _resolve(dataset: Dataset, source: str, from_env: bool) -> str:
             parsed.port  # noqa: B018 (raises ValueError for :99999 or :abc)
         except ValueError as exc:
             raise GdlError(f"source {shown!r} is not a valid URL ({redact_text(exc)})") from None
-        _refuse_secrets(source, parsed, from_env)
+        _refuse_secrets(source, shown, parsed, from_env)
         if source.startswith("s3://"):
             if not parsed.netloc or not parsed.path.strip("/"):
                 raise GdlError(

@@ -43,7 +43,8 @@ _TOTAL = "GDL_ARCHIVE_MAX_TOTAL_BYTES"
 
 def _array_limits():
     """Arrays are bounded like extracted archive members: one array by GDL_ARCHIVE_MAX_FILE_BYTES,
-    all of an .npz by GDL_ARCHIVE_MAX_TOTAL_BYTES, checked on declared sizes before any inflating."""
+    all of an .npz's together by the lower of that and GDL_ARCHIVE_MAX_TOTAL_BYTES (they are
+    loaded at once), checked on declared sizes before any inflating."""
     from models.inputs.archives import ArchiveLimits
 
     return ArchiveLimits.from_env()
