@@ -13,6 +13,14 @@ from models.core.files import safe_relpath
 from tasks import publish
 
 
+def _publish_through(monkeypatch, bucket: str, endpoint: str) -> None:
+    """Publish to `bucket` through `endpoint` (a failing_s3_proxy), two attempts 50 ms apart."""
+    monkeypatch.setenv("GDL_S3_BUCKET", bucket)
+    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "2")
+    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "0.05")
+    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", endpoint)
+
+
 def test_run_directory_holds_report_samples_and_a_true_manifest(project, steps):
     result = publish.run("text_lstm", steps["params"], steps["upstream"])
     run = project / result["run_dir"]
@@ -116,10 +124,7 @@ def test_transient_upload_failures_are_logged_with_their_reason(
     project, steps, s3, failing_s3_proxy, monkeypatch, caplog
 ):
     _, bucket = s3
-    monkeypatch.setenv("GDL_S3_BUCKET", bucket)
-    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "2")
-    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "0.05")
-    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(0))  # every request answered 503
+    _publish_through(monkeypatch, bucket, failing_s3_proxy(0))  # every request answered 503
     with caplog.at_level("WARNING", logger="gdl"), pytest.raises(publish.PublishError):
         publish.run("text_lstm", steps["params"], steps["upstream"])
     retries = [r.getMessage() for r in caplog.records if "retry in" in r.getMessage()]
@@ -130,10 +135,7 @@ def test_outage_mid_publish_never_moves_latest_to_a_partial_run(
     project, steps, s3, failing_s3_proxy, monkeypatch
 ):
     client, bucket = s3
-    monkeypatch.setenv("GDL_S3_BUCKET", bucket)
-    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "2")
-    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "0.05")
-    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(100))
+    _publish_through(monkeypatch, bucket, failing_s3_proxy(100))
     first = publish.run("text_lstm", steps["params"], steps["upstream"])
     first_id = first["run_dir"].rsplit("/", 1)[-1]
 
@@ -296,10 +298,7 @@ def test_republishing_through_a_failing_manifest_upload_never_changes_the_publis
     project, steps, s3, failing_s3_proxy, monkeypatch
 ):
     client, bucket = s3
-    monkeypatch.setenv("GDL_S3_BUCKET", bucket)
-    monkeypatch.setenv("GDL_PUBLISH_ATTEMPTS", "2")
-    monkeypatch.setenv("GDL_PUBLISH_BACKOFF", "0.05")
-    monkeypatch.setenv("GDL_S3_ENDPOINT_URL", failing_s3_proxy(10_000))
+    _publish_through(monkeypatch, bucket, failing_s3_proxy(10_000))
     publish.run("text_lstm", steps["params"], steps["upstream"])
     before = _published_run(client, bucket)
     # The same run again (report.html is rebuilt with a new time), its manifest's upload failing.
